@@ -1,0 +1,5 @@
+import sys
+
+from mplstm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Torch-free code shared by every part: clip decoding, view sync, preprocessing, data sets."""
