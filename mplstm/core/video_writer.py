@@ -75,9 +75,11 @@ def write_video(
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
         stream.options = dict(spec.options)
+        last_pts = -1
         for image, t in zip(frames, timestamps, strict=True):
             frame = av.VideoFrame.from_ndarray(_pad_even(image), format="rgb24")
-            frame.pts = round(t / time_base)
+            # Coarse time bases (AVI) can round two frames onto one slot: keep pts increasing.
+            last_pts = frame.pts = max(round(t / time_base), last_pts + 1)
             frame.time_base = time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))

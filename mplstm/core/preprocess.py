@@ -1,0 +1,162 @@
+"""Video files in, model input out: the one preprocessing path of training, serving and scoring.
+
+`load_clip` decodes every view (sequentially: callers parallelise across clips),
+syncs them (`core.sync`) and picks the same T sample times in every view, giving a
+uint8 [V, T, C, H, W] `Clip`. `normalize` turns frames into the model's float input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mplstm.core.clip import Clip, ViewInfo
+from mplstm.core.decode import DecodedView, Source, decode_view
+from mplstm.core.errors import ViewNamesError
+from mplstm.core.limits import DecodeLimits
+from mplstm.core.sync import common_duration, nearest_frames, sample_times
+
+# A view's source, or None for an absent view (camera failed).
+ViewSource = Source | None
+Views = Mapping[str, ViewSource] | Sequence[ViewSource]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a model wants its clips; a model package's manifest fills it in."""
+
+    frames: int = 20  # T, sampled evenly over the time range all views cover
+    height: int = 88
+    width: int = 88
+    channels: int = 1  # 1 grayscale, 3 RGB
+    # Applied by `normalize` to frames / 255; one value, or one per channel.
+    mean: float | tuple[float, ...] = 0.0
+    std: float | tuple[float, ...] = 1.0
+    # Expected view names in model order; None takes the names (or order) the caller gives.
+    view_names: tuple[str, ...] | None = None
+    # Whether a view may be absent (a model trained with view dropout); absent views are zeros.
+    allow_missing_views: bool = False
+    # Largest difference in duration between views; more means they did not record one event.
+    sync_tolerance_s: float = 0.2
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.height < 1 or self.width < 1:
+            raise ValueError(
+                f"frames, height, width must be >= 1, got {self.frames}, {self.height}, {self.width}"
+            )
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {self.channels}")
+        for name in ("mean", "std"):
+            values = np.atleast_1d(getattr(self, name))
+            if len(values) not in (1, self.channels):
+                raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(values)}")
+        if np.any(np.atleast_1d(self.std) == 0):
+            raise ValueError("std must be non-zero")
+        if self.view_names is not None and len(set(self.view_names)) != len(self.view_names):
+            raise ValueError(f"view_names has duplicates: {self.view_names}")
+        if self.sync_tolerance_s < 0:
+            raise ValueError(f"sync_tolerance_s must be >= 0, got {self.sync_tolerance_s}")
+
+
+def load_clip(views: Views, config: PreprocessConfig) -> Clip:
+    """Decode, sync and sample the views of one clip into a uint8 [V, T, C, H, W] `Clip`.
+
+    `views` maps view name -> source (path, bytes, binary file object, or None when
+    absent), or lists sources in the model's view order.
+    """
+    names, sources = _resolve_views(views, config)
+    decoded: dict[str, DecodedView] = {
+        name: decode_view(
+            source,
+            height=config.height,
+            width=config.width,
+            channels=config.channels,
+            limits=config.limits,
+            view=name,
+        )
+        for name, source in zip(names, sources, strict=True)
+        if source is not None
+    }
+    duration = common_duration(
+        {name: view.info.duration_s for name, view in decoded.items()}, config.sync_tolerance_s
+    )
+    times = sample_times(duration, config.frames)
+    out = np.zeros(
+        (len(names), config.frames, config.channels, config.height, config.width), np.uint8
+    )
+    infos = []
+    for v, name in enumerate(names):
+        view = decoded.get(name)
+        if view is None:
+            infos.append(ViewInfo.absent())
+            continue
+        out[v] = view.take(nearest_frames(view.timestamps, times))
+        infos.append(view.info)
+    mask = np.array([name in decoded for name in names])
+    return Clip(out, mask, tuple(names), tuple(infos), times)
+
+
+def normalize(
+    frames: np.ndarray, mean: float | Sequence[float], std: float | Sequence[float]
+) -> np.ndarray:
+    """uint8 frames [..., C, H, W] -> float32 (frames / 255 - mean) / std, per channel."""
+    mean_c = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    std_c = np.asarray(std, np.float32).reshape(-1, 1, 1)
+    out = frames.astype(np.float32)
+    out *= np.float32(1 / 255)
+    out -= mean_c
+    out /= std_c
+    return out
+
+
+def named_views(pairs: Iterable[tuple[str, ViewSource]]) -> dict[str, ViewSource]:
+    """(name, source) pairs (e.g. multipart form fields) -> a mapping; duplicate names refused."""
+    views: dict[str, ViewSource] = {}
+    duplicates = []
+    for name, source in pairs:
+        if name in views:
+            duplicates.append(name)
+        views[name] = source
+    if duplicates:
+        raise ViewNamesError(f"view names given more than once: {sorted(set(duplicates))}")
+    return views
+
+
+def _resolve_views(views: Views, config: PreprocessConfig) -> tuple[list[str], list[ViewSource]]:
+    """Names in model order and their sources (None = absent), checked against the config."""
+    expected = config.view_names
+    if isinstance(views, str | bytes | bytearray | memoryview | os.PathLike):
+        raise TypeError("views is a mapping or a list of sources, even for one view")
+    if isinstance(views, Mapping):
+        given = list(views)
+        if expected is None:
+            names = given
+        else:
+            unknown = [name for name in given if name not in expected]
+            if unknown:
+                raise ViewNamesError(
+                    f"unknown view names {unknown}; this model takes {list(expected)}"
+                )
+            names = list(expected)
+        sources = [views.get(name) for name in names]
+    else:
+        sources = list(views)
+        names = (
+            list(expected) if expected is not None else [f"view{i}" for i in range(len(sources))]
+        )
+        if len(sources) != len(names):
+            raise ViewNamesError(
+                f"{len(sources)} views given; this model takes {len(names)}: {names}"
+            )
+    if not names:
+        raise ViewNamesError("no views given")
+    absent = [name for name, source in zip(names, sources, strict=True) if source is None]
+    if len(absent) == len(names):
+        raise ViewNamesError(f"every view is absent ({names}); send at least one video")
+    if absent and not config.allow_missing_views:
+        raise ViewNamesError(f"views {absent} are missing; this model needs every view of {names}")
+    return names, sources
