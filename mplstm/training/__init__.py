@@ -1,0 +1,1 @@
+"""PyTorch training side: the MP-LSTM layer (`cell`), the model families (`models`)."""

@@ -1,0 +1,189 @@
+"""Families built on per-frame CNN features and a recurrent layer (DESIGN.md §3).
+
+- `mplstm`: front-end → MP-LSTM (the views fused inside the cell) → pooling → classifier.
+- `early_fusion`: view features concatenated per frame → LSTM → pooling → classifier.
+- `late_fusion`: one LSTM per view (shared weights) → per-view logits averaged over
+  present views.
+- `single_view`: LRCN (Donahue et al., CVPR 2015) on one view: per-frame predictions
+  of an LSTM averaged over time.
+
+The plain LSTMs are `MPLSTM` layers with one view, which is exactly an LSTM (tested
+against torch.nn.LSTM): one recurrent implementation, one export path, and lengths
+handled the same way in every family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from mplstm.training.cell import MPLSTM, RecurrentActivation
+from mplstm.training.models.base import ModelConfig, MultiViewModel, time_mask
+from mplstm.training.models.frontend import FrameCNN
+from mplstm.training.models.pooling import Pooling, TemporalPool, masked_mean
+from mplstm.training.models.registry import register_model
+
+
+@dataclass
+class RecurrentConfig(ModelConfig):
+    hidden_size: int = 128  # U
+    num_layers: int = 1
+    bidirectional: bool = True  # the authors' model is bidirectional
+    pooling: Pooling = "attention"  # the authors' temporal attention, or "mean"
+
+
+class FeatureSequenceModel(MultiViewModel):
+    """A family that reads per-frame feature vectors: the front-end, or features mode."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.frontend: FrameCNN | None = None
+        if config.feature_dim is None:
+            self.frontend = FrameCNN(config.in_channels, config.widths)
+            self.feature_dim = self.frontend.out_dim
+        else:
+            self.feature_dim = config.feature_dim
+        self.drop = nn.Dropout(config.dropout)
+
+    def features(self, x: Tensor) -> Tensor:
+        """[B, V, T, C, H, W] pixels (or [B, V, T, D] features) → [B, V, T, D]."""
+        return x if self.frontend is None else self.frontend(x)
+
+
+def _lstm(config: RecurrentConfig | SingleViewConfig, input_size: int) -> MPLSTM:
+    """A plain LSTM: an MP-LSTM with one view."""
+    return MPLSTM(
+        input_size,
+        config.hidden_size,
+        num_views=1,
+        num_layers=config.num_layers,
+        bidirectional=config.bidirectional,
+    )
+
+
+@dataclass
+class MPLSTMConfig(RecurrentConfig):
+    recurrent_activation: RecurrentActivation = "sigmoid"  # "hard_sigmoid": the released code
+    candidate_uses_forget_kernel: bool = False  # True: the released code's U_f in g
+    peepholes: bool = False  # the paper figure's C_{t-1} into the gates
+    layer_dropout: float = 0.0  # between stacked MP-LSTM layers
+
+
+@register_model("mplstm")
+class MPLSTMModel(FeatureSequenceModel):
+    """Shared per-view front-end → MP-LSTM → temporal attention or mean → classifier."""
+
+    config_class = MPLSTMConfig
+
+    def __init__(self, config: MPLSTMConfig) -> None:
+        super().__init__(config)
+        self.rnn = MPLSTM(
+            self.feature_dim,
+            config.hidden_size,
+            config.num_views,
+            num_layers=config.num_layers,
+            bidirectional=config.bidirectional,
+            dropout=config.layer_dropout,
+            recurrent_activation=config.recurrent_activation,
+            candidate_uses_forget_kernel=config.candidate_uses_forget_kernel,
+            peepholes=config.peepholes,
+        )
+        out_dim = config.hidden_size * (2 if config.bidirectional else 1)
+        self.pool = TemporalPool(config.pooling, out_dim)
+        self.classifier = nn.Linear(out_dim, config.num_classes)
+
+    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+        feats = self.features(x).transpose(1, 2)  # [B, T, V, D]
+        out, _ = self.rnn(feats, view_mask, lengths)
+        pooled = self.pool(out, time_mask(lengths, out.shape[1], out.device))
+        return self.classifier(self.drop(pooled))
+
+
+@dataclass
+class EarlyFusionConfig(RecurrentConfig):
+    pass
+
+
+@register_model("early_fusion")
+class EarlyFusionModel(FeatureSequenceModel):
+    """View features concatenated per frame (missing views as zeros) → LSTM → pool → classifier."""
+
+    config_class = EarlyFusionConfig
+
+    def __init__(self, config: EarlyFusionConfig) -> None:
+        super().__init__(config)
+        self.rnn = _lstm(config, config.num_views * self.feature_dim)
+        out_dim = config.hidden_size * (2 if config.bidirectional else 1)
+        self.pool = TemporalPool(config.pooling, out_dim)
+        self.classifier = nn.Linear(out_dim, config.num_classes)
+
+    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+        feats = self.features(x) * view_mask[:, :, None, None]  # [B, V, T, D]
+        joint = feats.transpose(1, 2).flatten(2).unsqueeze(2)  # [B, T, 1, V*D]
+        out, _ = self.rnn(joint, None, lengths)
+        pooled = self.pool(out, time_mask(lengths, out.shape[1], out.device))
+        return self.classifier(self.drop(pooled))
+
+
+@dataclass
+class LateFusionConfig(RecurrentConfig):
+    pass
+
+
+@register_model("late_fusion")
+class LateFusionModel(FeatureSequenceModel):
+    """Per-view LSTM (weights shared by views) → per-view logits → mean over present views."""
+
+    config_class = LateFusionConfig
+
+    def __init__(self, config: LateFusionConfig) -> None:
+        super().__init__(config)
+        self.rnn = _lstm(config, self.feature_dim)
+        out_dim = config.hidden_size * (2 if config.bidirectional else 1)
+        self.pool = TemporalPool(config.pooling, out_dim)
+        self.classifier = nn.Linear(out_dim, config.num_classes)
+
+    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+        feats = self.features(x)  # [B, V, T, D]
+        b, v, t, d = feats.shape
+        per_view = feats.reshape(b * v, t, 1, d)
+        view_lengths = None if lengths is None else lengths.repeat_interleave(v)
+        out, _ = self.rnn(per_view, None, view_lengths)
+        pooled = self.pool(out, time_mask(view_lengths, t, out.device))
+        logits = self.classifier(self.drop(pooled)).reshape(b, v, -1)
+        weights = view_mask.to(logits.dtype).unsqueeze(-1)
+        return (logits * weights).sum(dim=1) / weights.sum(dim=1)
+
+
+@dataclass
+class SingleViewConfig(ModelConfig):
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = False  # LRCN's LSTM reads forward only
+    view: int = 0  # the one view read; the others (and the view mask) are ignored
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.view < self.num_views:
+            raise ValueError(f"view must lie in [0, num_views={self.num_views}), got {self.view}")
+
+
+@register_model("single_view")
+class SingleViewModel(FeatureSequenceModel):
+    """LRCN on one view: CNN per frame → LSTM → per-frame logits averaged over valid steps."""
+
+    config_class = SingleViewConfig
+
+    def __init__(self, config: SingleViewConfig) -> None:
+        super().__init__(config)
+        self.rnn = _lstm(config, self.feature_dim)
+        out_dim = config.hidden_size * (2 if config.bidirectional else 1)
+        self.classifier = nn.Linear(out_dim, config.num_classes)
+
+    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+        view = self.config.view
+        feats = self.features(x[:, view : view + 1])  # only the view it reads
+        out, _ = self.rnn(feats.transpose(1, 2), None, lengths)  # [B, T, dirs*U]
+        per_frame = self.classifier(self.drop(out))  # [B, T, classes]
+        return masked_mean(per_frame, time_mask(lengths, out.shape[1], out.device))
