@@ -9,11 +9,12 @@ from collections.abc import Sequence
 
 from mplstm import __version__
 from mplstm.core.errors import ClipError
+from mplstm.core.manifest import ManifestError
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
 # Modules import their heavy dependencies (torch, onnxruntime) inside `func`, so
 # `mplstm --help` stays fast and torch-free parts never load torch.
-COMMAND_MODULES: tuple[str, ...] = ("synth", "preprocess")
+COMMAND_MODULES: tuple[str, ...] = ("synth", "preprocess", "manifest")
 
 
 class CommandError(Exception):
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ClipError) as exc:
+    except (CommandError, ClipError, ManifestError) as exc:
         print(f"mplstm {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,106 @@
+"""`mplstm manifest`: build a data-set manifest from a known layout, or check one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `manifest` subcommand and its `oulu` and `check` actions."""
+    parser = subparsers.add_parser(
+        "manifest",
+        help="build a data-set manifest (JSONL/CSV) from OuluVS2, or check one",
+        description="Data-set manifests: one clip a record, one video path per view.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    oulu = actions.add_parser(
+        "oulu",
+        help="manifest of an OuluVS2 tree (ROOT/cropped_mouth_mp4_<corpus>/<spk>/<view>/*.mp4)",
+        description=(
+            "One clip per (speaker, utterance) with a path per view (0deg, 30deg, 45deg, "
+            "60deg, 90deg for cameras 1..5), labelled with the phrase or digit string; "
+            "speaker-disjoint splits."
+        ),
+    )
+    oulu.add_argument("root", type=Path, metavar="ROOT", help="folder holding the OuluVS2 archives")
+    oulu.add_argument("--out", type=Path, required=True, help="manifest to write (.jsonl or .csv)")
+    oulu.add_argument(
+        "--corpus", choices=("phrase", "digit"), default="phrase", help="default phrase"
+    )
+    oulu.add_argument(
+        "--views",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3, 4, 5],
+        metavar="V",
+        help="camera numbers 1..5 to include (default all)",
+    )
+    oulu.add_argument(
+        "--split-fractions",
+        type=float,
+        nargs=3,
+        default=(0.7, 0.15, 0.15),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="speaker proportions (default 0.7 0.15 0.15)",
+    )
+    oulu.add_argument("--split-seed", type=int, default=0, help="speaker shuffle (default 0)")
+    for split in ("val", "test"):
+        oulu.add_argument(
+            f"--{split}-speakers",
+            nargs="+",
+            default=[],
+            metavar="SPK",
+            help=f"speakers (s1 or 1) that go to {split}; the others are shuffled",
+        )
+    oulu.add_argument(
+        "--strict", action="store_true", help="fail on a clip that lacks a view (default: skip)"
+    )
+    oulu.set_defaults(func=run)
+    check = actions.add_parser(
+        "check",
+        help="read a manifest, check every view file exists, print a summary",
+        description="Validate a manifest the way training and scoring will read it.",
+    )
+    check.add_argument("manifest", type=Path, metavar="MANIFEST", help=".jsonl or .csv")
+    check.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `manifest oulu` or `manifest check`."""
+    from collections import Counter
+
+    from mplstm.cli import CommandError
+    from mplstm.core.manifest import ManifestError, read_manifest, write_manifest
+    from mplstm.core.oulu import read_oulu
+
+    try:
+        if args.action == "check":
+            records = read_manifest(args.manifest)
+            verb = "read"
+        else:
+            given = {
+                f"s{s.lstrip('sS')}": split
+                for split in ("val", "test")
+                for s in getattr(args, f"{split}_speakers")
+            }
+            records = read_oulu(
+                args.root,
+                corpus=args.corpus,
+                views=args.views,
+                splits=given,
+                fractions=args.split_fractions,
+                split_seed=args.split_seed,
+                skip_incomplete=not args.strict,
+            )
+            write_manifest(records, args.out)
+            verb = f"wrote {args.out} with"
+    except (ManifestError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    splits = Counter(r.split for r in records)
+    print(
+        f"{verb} {len(records)} clips, {len({r.label for r in records})} labels, "
+        f"{len({r.speaker for r in records})} speakers, views {list(records[0].views)}; "
+        f"splits {dict(sorted(splits.items()))}"
+    )
+    return 0

@@ -1,0 +1,50 @@
+"""Synthetic multi-view mouth videos on which no single view separates all classes (DESIGN §4).
+
+Each clip is one speaker saying one word, filmed by up to five cameras at yaw
+0 ("front"), -90 ("left90"), +30 ("right30"), +90 ("right90") and -30 ("left30") degrees,
+each an .mp4 with its own frame rate and start offset.
+
+How the class information is split across views (see `mouth` for the geometry):
+- Lip reading. Word w = (a, b) with a = w % 5 and b = w // 5. `a` is what the tongue and
+  teeth do inside the mouth: visible through the opening from 0 and +-30 degrees, occluded
+  from 42 degrees on. `b` is a lip-protrusion pattern: depth, so it shows only in the
+  silhouette of the +-90 degree views. The opening and width of the mouth, seen by every
+  view, are random babble that carries no word. With 10 words the frontal group can tell
+  at most 5 classes apart and the profile group 2, but every factor is seen by at least
+  two views, so the full set is needed and losing any one view costs little.
+- Identity. Speaker id k has a teeth-gap pattern k % 5 (frontal views) and a lip/chin
+  profile (k // 5) % 4 (profile views); 20 consecutive ids are told apart only by the pair.
+  Skin tone, texture and mouth size vary with the id weakly against per-clip lighting.
+  In a set of more than 20 speakers, ids 20 apart share both traits: use <= 20.
+
+Reproducibility: a speaker's appearance depends only on its id, a word's trajectories only
+on the word id, and everything else (timing, warp, babble, head motion, lighting, frame
+rates, offsets, noise) on (seed, speaker, word, repetition). Labels are fixed names:
+words 'w00'.., speakers 's001'..
+"""
+
+from mplstm.core.synth.generate import (
+    TASKS,
+    VIEWS,
+    ClipPlan,
+    RenderedView,
+    SynthConfig,
+    ViewSpec,
+    generate,
+    plan_clips,
+    plan_scenes,
+    render_clip,
+)
+
+__all__ = [
+    "TASKS",
+    "VIEWS",
+    "ClipPlan",
+    "RenderedView",
+    "SynthConfig",
+    "ViewSpec",
+    "generate",
+    "plan_clips",
+    "plan_scenes",
+    "render_clip",
+]
