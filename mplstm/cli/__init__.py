@@ -14,7 +14,7 @@ from mplstm.core.manifest import ManifestError
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
 # Modules import their heavy dependencies (torch, onnxruntime) inside `func`, so
 # `mplstm --help` stays fast and torch-free parts never load torch.
-COMMAND_MODULES: tuple[str, ...] = ("synth", "preprocess", "manifest")
+COMMAND_MODULES: tuple[str, ...] = ("synth", "preprocess", "manifest", "train", "evaluate")
 
 
 class CommandError(Exception):

@@ -1,0 +1,90 @@
+"""`mplstm evaluate CHECKPOINT --data MANIFEST --split test`: accuracy, per class, every view subset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_DESCRIPTION = """\
+Evaluate a checkpoint written by `mplstm train` on one split of a manifest, with the
+checkpoint's own preprocessing, labels and views. Reports accuracy, top-5, per-class
+accuracy, the confusion matrix (PNG), and accuracy for every subset of the views
+(each single view, each pair, ..., all; the others masked as absent): the table that
+tells how many cameras a deployment needs. Writes evaluation.json, evaluation.md and
+confusion.png to --out (default: eval-SPLIT beside the checkpoint)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `evaluate` subcommand."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint: accuracy, top-5, per class, confusion, every view subset",
+        description=_DESCRIPTION,
+    )
+    parser.add_argument(
+        "checkpoint", type=Path, metavar="CHECKPOINT", help="a .pt from mplstm train"
+    )
+    parser.add_argument("--data", type=Path, required=True, metavar="MANIFEST", help="manifest")
+    parser.add_argument("--split", default="test", help="train, val or test (default test)")
+    parser.add_argument("--out", type=Path, help="report folder (default: eval-SPLIT beside it)")
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per batch (default 16)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes (default 0)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="decoded-clip cache (default: <manifest folder>/.mplstm-cache, shared with training)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="decode every clip, cache nothing")
+    parser.add_argument(
+        "--all-views-only",
+        action="store_true",
+        help="skip the view-subset table (2^V - 1 passes over the split)",
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the summary and the views-needed table."""
+    import torch
+
+    from mplstm.cli import CommandError
+    from mplstm.core.manifest import ManifestError
+    from mplstm.training.checkpoint import CheckpointError
+    from mplstm.training.data import DataError, default_cache_dir
+    from mplstm.training.evaluate import evaluate_checkpoint
+    from mplstm.training.train import ConfigError, pick_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch_size < 1:
+        raise CommandError("--batch-size must be >= 1")
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir(args.data))
+    try:
+        report, paths = evaluate_checkpoint(
+            args.checkpoint,
+            args.data,
+            args.split,
+            args.out,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=pick_device(args.device),
+            cache_dir=cache_dir,
+            all_subsets=not args.all_views_only,
+            progress=not args.no_progress,
+        )
+    except (ConfigError, DataError, CheckpointError, ManifestError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from exc
+    print(
+        f"{args.split}: {report.clips} clips, accuracy {report.accuracy:.1%}, "
+        f"top-{report.top_k} {report.top5:.1%}, cross-entropy {report.loss:.4f}"
+    )
+    for row in report.by_view_count:
+        print(
+            f"  {row.views} view(s): mean {row.mean_accuracy:.1%}, best {row.best_accuracy:.1%} "
+            f"({', '.join(row.best_views)})"
+        )
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
