@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -14,16 +12,6 @@ from mplstm.training.cell import MPLSTM, hard_sigmoid
 B, T, P, D, U = 3, 5, 3, 4, 6
 VIEW_MASK = torch.tensor([[True, False, True], [True, True, True], [False, False, True]])
 LENGTHS = torch.tensor([5, 3, 1])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: the suite shares 2 cores, and OpenMP threads that wait on a
-    descheduled sibling make small ops several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _randomized(layer: MPLSTM, seed: int = 0) -> MPLSTM:

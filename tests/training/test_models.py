@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,16 +13,6 @@ from mplstm.training.models.base import ModelConfig, MultiViewModel
 FAMILIES = ["cnn_convlstm", "convlstm", "early_fusion", "late_fusion", "mplstm", "single_view"]
 FEATURE_FAMILIES = ["early_fusion", "late_fusion", "mplstm", "single_view"]
 V, T, C, H = 3, 8, 1, 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: the suite shares 2 cores, and OpenMP threads that wait on a
-    descheduled sibling make small ops several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_config(name: str, **overrides: object) -> dict:
