@@ -246,7 +246,15 @@ class MPLSTM(nn.Module):
         return ("", "_reverse") if self.bidirectional else ("",)
 
     def reset_parameters(self) -> None:
-        """torch.nn.LSTM's init (uniform ±1/sqrt(U)), then forget bias 1 and peepholes 0."""
+        """torch.nn.LSTM's init (uniform ±1/sqrt(U)), then forget bias 1 and peepholes 0.
+
+        The first layer's recurrent weights U are drawn from ±1/sqrt(P U) instead: there h
+        is a sum of P views' outputs, and U h_{t-1} feeds every view's gates, so with
+        LSTM-sized U the step-to-step gain grows with P and, for P = 5, gradients explode
+        backwards in time at init (x_0's gradient hundreds of times x_T's) and training
+        stalls at chance. Scaling U by 1/sqrt(P) keeps var(U h) as in an LSTM; P = 1 is
+        unchanged.
+        """
         bound = 1.0 / math.sqrt(self.hidden_size)
         u = self.hidden_size
         with torch.no_grad():
@@ -254,7 +262,10 @@ class MPLSTM(nn.Module):
                 if name.startswith("weight_peep"):
                     param.zero_()
                     continue
-                nn.init.uniform_(param, -bound, bound)
+                scale = 1.0
+                if name.startswith("weight_hh_l0"):
+                    scale = 1.0 / math.sqrt(self.num_views)
+                nn.init.uniform_(param, -bound * scale, bound * scale)
                 # The forget bias starts at 1 (bias_ih + bias_hh sum to 1), as in Keras'
                 # unit_forget_bias: the memory keeps its content early in training.
                 if name.startswith("bias_ih"):

@@ -216,3 +216,17 @@ def test_compatibility_option_leaves_the_candidate_recurrent_rows_unused() -> No
     grad = layer.weight_hh_l0.grad
     assert torch.all(grad[2 * U : 3 * U] == 0)
     assert torch.any(grad[U : 2 * U] != 0)
+
+
+def test_five_view_layer_at_init_does_not_explode_gradients_back_in_time() -> None:
+    # h sums P views' outputs and U h feeds every view's gates: with LSTM-sized U the first
+    # step's gradient was ~200 times the last one's at P = 5, and training sat at chance.
+    torch.manual_seed(0)
+    views, steps = 5, 20
+    layer = MPLSTM(64, 128, views)
+    # Inputs in [0, 1), like the front-end's ReLU features.
+    x = torch.rand(8, steps, views, 64).requires_grad_()
+    out, _ = layer(x)
+    out[:, -1].sum().backward()
+    per_step = x.grad.pow(2).sum(dim=(0, 2, 3)).sqrt()
+    assert per_step[0] < per_step[-1]
