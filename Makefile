@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint format bench clean
+.PHONY: venv run test lint format bench clean demo-models
 
 venv: $(STAMP)
 
@@ -35,6 +35,26 @@ test: venv lint
 
 bench: venv
 	$(BIN)/python bench/decode.py
+
+# The embedded demo packages, rebuilt from synthetic data with fixed seeds and epochs
+# (about 10 minutes each on 2 cores). Each package records the accuracy of its exported
+# ONNX model on its example clips (models/examples/TASK: unseen speakers for lip reading,
+# unseen recordings of the training speakers for identity), which a test re-measures.
+DEMO_DATA := data/demo-models
+DEMO_TRAIN := --config configs/mplstm_lipreading.toml --threads 2 --no-progress --eval-split none \
+	--set data.frames=16 --set model.hidden_size=64 --set model.view_dropout=0.2 \
+	--set augment.crop_pad=0 --set 'augment.flip="off"' --set augment.time_mask=0 \
+	--set train.label_smoothing=0.0 --set train.weight_decay=0.0
+demo-models: venv
+	rm -rf $(DEMO_DATA) runs/demo-lipreading runs/demo-identity models/demo-lipreading models/demo-identity models/examples
+	$(BIN)/mplstm synth $(DEMO_DATA)/lipreading --task lipreading --speakers 10 --words 5 --clips-per-pair 8 --seed 0 --no-progress
+	$(BIN)/mplstm synth models/examples/lipreading --task lipreading --first-speaker 11 --speakers 2 --words 5 --clips-per-pair 2 --seed 1 --split test --no-progress
+	$(BIN)/mplstm train --data $(DEMO_DATA)/lipreading/manifest.jsonl --out runs/demo-lipreading --epochs 20 $(DEMO_TRAIN)
+	$(BIN)/mplstm export runs/demo-lipreading/best.pt --out models/demo-lipreading/1 --eval-data models/examples/lipreading/manifest.jsonl
+	$(BIN)/mplstm synth $(DEMO_DATA)/identity --task identity --speakers 10 --words 4 --clips-per-pair 8 --seed 0 --no-progress
+	$(BIN)/mplstm synth models/examples/identity --task identity --speakers 10 --words 2 --clips-per-pair 1 --seed 1 --split test --no-progress
+	$(BIN)/mplstm train --data $(DEMO_DATA)/identity/manifest.jsonl --out runs/demo-identity --epochs 20 $(DEMO_TRAIN)
+	$(BIN)/mplstm export runs/demo-identity/best.pt --out models/demo-identity/1 --eval-data models/examples/identity/manifest.jsonl
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

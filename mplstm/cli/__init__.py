@@ -10,11 +10,21 @@ from collections.abc import Sequence
 from mplstm import __version__
 from mplstm.core.errors import ClipError
 from mplstm.core.manifest import ManifestError
+from mplstm.core.package import PackageError
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
 # Modules import their heavy dependencies (torch, onnxruntime) inside `func`, so
 # `mplstm --help` stays fast and torch-free parts never load torch.
-COMMAND_MODULES: tuple[str, ...] = ("synth", "preprocess", "manifest", "train", "evaluate")
+COMMAND_MODULES: tuple[str, ...] = (
+    "synth",
+    "preprocess",
+    "manifest",
+    "train",
+    "evaluate",
+    "export",
+    "serve",
+    "predict",
+)
 
 
 class CommandError(Exception):
@@ -39,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ClipError, ManifestError) as exc:
+    except (CommandError, ClipError, ManifestError, PackageError) as exc:
         print(f"mplstm {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

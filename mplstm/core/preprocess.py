@@ -7,6 +7,7 @@ uint8 [V, T, C, H, W] `Clip`. `normalize` turns frames into the model's float in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,24 @@ class PreprocessConfig:
             raise ValueError(f"view_names has duplicates: {self.view_names}")
         if self.sync_tolerance_s < 0:
             raise ValueError(f"sync_tolerance_s must be >= 0, got {self.sync_tolerance_s}")
+
+    def to_dict(self) -> dict:
+        """Plain JSON/TOML-friendly values (checkpoints, package manifests, cache keys)."""
+        out = dataclasses.asdict(self)
+        for key in ("mean", "std", "view_names"):
+            if isinstance(out[key], tuple):
+                out[key] = list(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> PreprocessConfig:
+        """Inverse of `to_dict`."""
+        values = dict(values)
+        values["limits"] = DecodeLimits(**values.get("limits", {}))
+        for key in ("mean", "std", "view_names"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
 def load_clip(views: Views, config: PreprocessConfig) -> Clip:

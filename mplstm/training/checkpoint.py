@@ -27,7 +27,6 @@ from torch import nn
 
 from mplstm import __version__
 from mplstm.core.preprocess import PreprocessConfig
-from mplstm.training.data import preprocess_from_dict, preprocess_to_dict
 from mplstm.training.models import get_model
 
 FORMAT_VERSION = 1
@@ -74,7 +73,7 @@ def save_checkpoint(
         "task": meta.task,
         "view_names": list(meta.view_names),
         "view_yaws": None if meta.view_yaws is None else list(meta.view_yaws),
-        "preprocess": preprocess_to_dict(meta.preprocess),
+        "preprocess": meta.preprocess.to_dict(),
         "epoch": meta.epoch,
         "step": meta.step,
         "metrics": dict(meta.metrics),
@@ -114,7 +113,7 @@ def meta_from_checkpoint(payload: dict[str, Any]) -> CheckpointMeta:
         model_config=dict(payload["model"]["config"]),
         labels=tuple(payload["labels"]),
         view_names=tuple(payload["view_names"]),
-        preprocess=preprocess_from_dict(payload["preprocess"]),
+        preprocess=PreprocessConfig.from_dict(payload["preprocess"]),
         view_yaws=None if yaws is None else tuple(yaws),
         task=payload.get("task"),
         epoch=payload.get("epoch", 0.0),

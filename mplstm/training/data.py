@@ -10,7 +10,6 @@ folder and moved into place with `os.replace`, so several processes may fill one
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -26,7 +25,6 @@ import torch
 from torch.utils.data import Dataset
 
 from mplstm.core.clip import Clip
-from mplstm.core.limits import DecodeLimits
 from mplstm.core.manifest import ClipRecord, read_manifest
 from mplstm.core.preprocess import PreprocessConfig, load_clip
 
@@ -88,32 +86,13 @@ def read_data_spec(manifest: str | Path) -> DataSpec:
     return DataSpec(records, labels, view_names, yaws, meta.get("task"))
 
 
-def preprocess_to_dict(config: PreprocessConfig) -> dict:
-    """A PreprocessConfig as plain JSON/TOML-friendly values (checkpoints, cache keys)."""
-    out = dataclasses.asdict(config)
-    for key in ("mean", "std", "view_names"):
-        if isinstance(out[key], tuple):
-            out[key] = list(out[key])
-    return out
-
-
-def preprocess_from_dict(values: dict) -> PreprocessConfig:
-    """Inverse of `preprocess_to_dict`."""
-    values = dict(values)
-    values["limits"] = DecodeLimits(**values.get("limits", {}))
-    for key in ("mean", "std", "view_names"):
-        if isinstance(values.get(key), list):
-            values[key] = tuple(values[key])
-    return PreprocessConfig(**values)
-
-
 class ClipCache:
     """Decoded clips as .npz files in `folder`; `decodes` and `hits` count this process's work."""
 
     def __init__(self, folder: str | Path, config: PreprocessConfig) -> None:
         self.folder = Path(folder)
         self.config = config
-        decoding = preprocess_to_dict(config)
+        decoding = config.to_dict()
         # Normalisation is applied after the cache (by the model), so it is not in the key:
         # measuring mean/std on the training clips then reuses the clips it decoded.
         del decoding["mean"], decoding["std"]

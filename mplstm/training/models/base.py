@@ -86,6 +86,9 @@ class MultiViewModel(nn.Module):
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     reads_features: ClassVar[bool] = True  # False: the family needs pixels
+    # False where the time loop is Python over T (ConvLSTM cells): torch.export then fixes
+    # T, so such a family exports for its training T only (the service always sends that T).
+    dynamic_time: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

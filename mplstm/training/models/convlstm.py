@@ -85,6 +85,7 @@ class DeepConvLSTMModel(MultiViewModel):
     """Views stacked as channels → conv stem → ConvLSTM stages with pooling → classifier."""
 
     config_class = ConvLSTMConfig
+    dynamic_time = False
     reads_features = False
 
     def __init__(self, config: ConvLSTMConfig) -> None:
@@ -134,6 +135,7 @@ class CNNConvLSTMModel(MultiViewModel):
     """Shared per-view CNN kept 2-D → views stacked as channels → ConvLSTM → classifier."""
 
     config_class = CNNConvLSTMConfig
+    dynamic_time = False
     reads_features = False
 
     def __init__(self, config: CNNConvLSTMConfig) -> None:

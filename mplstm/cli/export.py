@@ -1,0 +1,93 @@
+"""`mplstm export CHECKPOINT --out models/NAME/VERSION` and `mplstm export --check PACKAGE`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_DESCRIPTION = """\
+Turn a checkpoint from `mplstm train` into a model package (models/NAME/VERSION/):
+model.onnx (uint8 clips in, normalisation inside the graph, logits and probabilities
+out; every MP-LSTM layer one mplstm::MPLSTM node with a portable function body),
+manifest.json (labels, views, preprocessing, I/O, parity, sha256 of every file) and a
+Triton config.pbtxt. The export is checked against PyTorch on other batch sizes and
+lengths, with masked views; no package is written when they disagree. --tensorrt also
+builds a TensorRT engine (GPU host with TensorRT). With --check PACKAGE: verify the
+hashes and compare the runtimes present (ONNX Runtime, fp16, TensorRT) in a table."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `export` subcommand."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to a model package (ONNX, TensorRT), or --check one",
+        description=_DESCRIPTION,
+    )
+    parser.add_argument("checkpoint", type=Path, nargs="?", metavar="CHECKPOINT")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="package folder models/NAME/VER")
+    parser.add_argument("--check", type=Path, metavar="PACKAGE", help="check a package instead")
+    parser.add_argument("--name", help="model name (default: the parent folder of --out)")
+    parser.add_argument("--version", dest="model_version", help="default: the --out folder name")
+    parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx")
+    parser.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine")
+    parser.add_argument("--max-batch", type=int, default=32, help="largest batch (default 32)")
+    parser.add_argument(
+        "--frames-range",
+        type=int,
+        nargs=2,
+        metavar=("A", "B"),
+        help="T the model accepts (default: half to twice the training T)",
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=1e-4, help="parity: max |logits diff| (default 1e-4)"
+    )
+    parser.add_argument(
+        "--eval-data",
+        type=Path,
+        metavar="MANIFEST",
+        help="score the exported model on this clip manifest and record the accuracy",
+    )
+    parser.add_argument("--eval-split", default="test", help="split of --eval-data (test)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, or check; exit status 1 when a check row fails."""
+    from mplstm.cli import CommandError
+
+    if args.check:
+        from mplstm.export.check import check_package, format_table
+
+        rows = check_package(args.check)
+        print(format_table(rows))
+        return 1 if any(r.status == "FAILED" for r in rows) else 0
+    if args.checkpoint is None or args.out is None:
+        raise CommandError("give CHECKPOINT and --out DIR (or --check PACKAGE)")
+    if args.max_batch < 1:
+        raise CommandError("--max-batch must be >= 1")
+
+    from mplstm.core.manifest import ManifestError
+    from mplstm.export.package import ExportError, build_package
+    from mplstm.training.checkpoint import CheckpointError
+
+    try:
+        package = build_package(
+            args.checkpoint,
+            args.out,
+            name=args.name,
+            version=args.model_version,
+            max_batch=args.max_batch,
+            frames_range=tuple(args.frames_range) if args.frames_range else None,
+            fp16=args.fp16 or args.tensorrt,
+            tolerance=args.tolerance,
+            eval_data=args.eval_data,
+            eval_split=args.eval_split,
+            log=print,
+        )
+        if args.tensorrt:
+            from mplstm.export.engines import add_engine
+
+            add_engine(package, max_batch=args.max_batch, log=print)
+    except (ExportError, CheckpointError, FileNotFoundError, ManifestError) as exc:
+        raise CommandError(str(exc)) from exc
+    return 0

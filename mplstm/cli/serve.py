@@ -1,0 +1,58 @@
+"""`mplstm serve`: the inference service (FastAPI + uvicorn), settings from MPLSTM_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the model packages over HTTP (/v1 video, /v2 Open Inference Protocol)",
+        description="Serve every model under the models folder. Options override the "
+        "MPLSTM_* environment variables (see docs/service.md).",
+    )
+    parser.add_argument("--models", help="model repository folder (MPLSTM_MODELS_DIR)")
+    parser.add_argument("--host", help="address to bind (MPLSTM_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (MPLSTM_PORT, default 8000)")
+    parser.add_argument(
+        "--workers", type=int, help="uvicorn worker processes (MPLSTM_WORKERS, default 1)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mplstm.cli import CommandError
+    from mplstm.service.settings import SettingsError, load_settings
+
+    # Through the environment, so every worker process builds the same settings.
+    for option, variable in (
+        ("models", "MPLSTM_MODELS_DIR"),
+        ("host", "MPLSTM_HOST"),
+        ("port", "MPLSTM_PORT"),
+        ("workers", "MPLSTM_WORKERS"),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            os.environ[variable] = str(value)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise CommandError(str(exc)) from None
+    if not settings.models_dir.is_dir():
+        raise CommandError(
+            f"model repository {settings.models_dir} is not a folder (--models or MPLSTM_MODELS_DIR)"
+        )
+    uvicorn.run(
+        "mplstm.service.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        log_level=settings.log_level.lower(),
+    )
+    return 0

@@ -1,0 +1,155 @@
+"""`mplstm export --check PACKAGE`: are the files intact, and do the runtimes agree?
+
+Every file's sha256 against the manifest; model.onnx runs in ONNX Runtime on random
+clips of the package's shapes (outputs finite, probabilities summing to 1); the fp16
+model and every TensorRT engine are compared with model.onnx on the same inputs. A
+TensorRT engine is checked only on a host with TensorRT and the engine's GPU; elsewhere
+its row says why it was skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from mplstm.core.package import (
+    ONNX_FP16_NAME,
+    ONNX_NAME,
+    EngineInfo,
+    ModelPackage,
+    read_package_manifest,
+    sha256_file,
+    verify_files,
+)
+from mplstm.export.package import ParityCase, parity_cases, random_inputs
+
+FP16_TOLERANCE = 5e-2  # logits; fp16 keeps ~3 significant digits through the recurrence
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One line of the check table."""
+
+    item: str
+    status: str  # "ok" | "FAILED" | "skipped"
+    detail: str
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _inputs(package: ModelPackage) -> list[tuple[ParityCase, np.ndarray, np.ndarray]]:
+    manifest = package.manifest
+    pre = manifest.preprocess
+    cases = parity_cases(pre.frames, manifest.frames_range)
+    shape = (len(manifest.view_names), pre.channels, pre.height, pre.width)
+    return [(c, *random_inputs(c, *shape, seed=100 + i)) for i, c in enumerate(cases)]
+
+
+def _hash_rows(folder: Path, files: dict[str, str]) -> list[CheckRow]:
+    rows = []
+    for relative, expected in sorted(files.items()):
+        path = folder / relative
+        if not path.is_file():
+            rows.append(CheckRow(relative, "FAILED", "missing"))
+        elif sha256_file(path) != expected:
+            rows.append(CheckRow(relative, "FAILED", "sha256 differs from the manifest"))
+        else:
+            rows.append(CheckRow(relative, "ok", f"sha256 {expected[:12]}…"))
+    return rows
+
+
+def _compare(
+    item: str,
+    run: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    reference: list[np.ndarray],
+    inputs: list[tuple[ParityCase, np.ndarray, np.ndarray]],
+    tolerance: float,
+) -> CheckRow:
+    """Run `run` on every input and compare logits with the fp32 ONNX reference."""
+    worst, same_argmax = 0.0, True
+    for (_, clip, mask), expected in zip(inputs, reference, strict=True):
+        got = run(clip, mask).astype(np.float32)
+        worst = max(worst, float(np.abs(got - expected).max()))
+        same_argmax &= bool((got.argmax(-1) == expected.argmax(-1)).all())
+    ok = worst <= tolerance and same_argmax
+    detail = f"max |logits diff| {worst:.2g} (tolerance {tolerance:g}), argmax equal {same_argmax}"
+    return CheckRow(item, "ok" if ok else "FAILED", detail)
+
+
+def _engine_row(
+    package: ModelPackage,
+    engine: EngineInfo,
+    reference: list[np.ndarray],
+    inputs: list[tuple[ParityCase, np.ndarray, np.ndarray]],
+) -> CheckRow:
+    item = f"{engine.file} ({engine.precision}, {'plugin' if engine.plugin else 'inlined body'})"
+    try:
+        from mplstm.export import tensorrt_build
+
+        tensorrt_build.check_engine_compatible(engine)
+    except Exception as exc:  # TensorRT absent, no GPU, or another GPU/TensorRT version
+        return CheckRow(item, "skipped", f"{type(exc).__name__}: {exc}")
+    tolerance = FP16_TOLERANCE if engine.precision == "fp16" else 1e-3
+    return _compare(
+        item,
+        lambda c, m: tensorrt_build.run_engine(package.path / engine.file, c, m)["logits"],
+        reference,
+        inputs,
+        tolerance,
+    )
+
+
+def check_package(folder: str | Path) -> list[CheckRow]:
+    """The check table for a package folder (hashes first; runtimes only if files are intact)."""
+    folder = Path(folder)
+    manifest = read_package_manifest(folder)
+    rows = _hash_rows(folder, manifest.files)
+    if any(r.status == "FAILED" for r in rows):
+        return rows
+    verify_files(folder, manifest)
+    package = ModelPackage(folder, manifest)
+    inputs = _inputs(package)
+    session = _session(folder / ONNX_NAME)
+    reference = []
+    healthy = True
+    for _, clip, mask in inputs:
+        logits, probs = session.run(["logits", "probabilities"], {"clip": clip, "view_mask": mask})
+        reference.append(logits)
+        healthy &= bool(np.isfinite(logits).all() and np.allclose(probs.sum(-1), 1, atol=1e-5))
+    sizes = ", ".join(f"B={c.batch} T={c.frames}" for c, _, _ in inputs)
+    rows.append(
+        CheckRow(
+            f"{ONNX_NAME} in onnxruntime {ort.__version__}",
+            "ok" if healthy else "FAILED",
+            f"{sizes}: outputs finite, probabilities sum to 1"
+            if healthy
+            else "non-finite outputs or probabilities not summing to 1",
+        )
+    )
+    if ONNX_FP16_NAME in manifest.files:
+        fp16 = _session(folder / ONNX_FP16_NAME)
+        rows.append(
+            _compare(
+                ONNX_FP16_NAME,
+                lambda c, m: fp16.run(["logits"], {"clip": c, "view_mask": m})[0],
+                reference,
+                inputs,
+                FP16_TOLERANCE,
+            )
+        )
+    rows.extend(_engine_row(package, e, reference, inputs) for e in manifest.engines)
+    return rows
+
+
+def format_table(rows: list[CheckRow]) -> str:
+    """The rows as an aligned text table."""
+    width = max(len(r.item) for r in rows)
+    return "\n".join(f"{r.item:<{width}}  {r.status:<7}  {r.detail}" for r in rows)

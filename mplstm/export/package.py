@@ -1,0 +1,379 @@
+"""Checkpoint in, model package out (DESIGN.md §5): model.onnx, manifest.json, config.pbtxt.
+
+`build_package` exports the whole model with raw uint8 clips in (normalisation inside
+the graph) and logits + probabilities out, every MP-LSTM layer as one `mplstm::MPLSTM`
+node with its function body; runs the parity check (PyTorch vs ONNX Runtime on batch
+sizes and lengths other than the traced ones, with masked views) and refuses to write a
+package that fails it; then writes the Triton `config.pbtxt` and the manifest with the
+sha256 of every file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+
+from mplstm import __version__
+from mplstm.core.manifest import read_manifest
+from mplstm.core.package import (
+    MANIFEST_NAME,
+    ONNX_FP16_NAME,
+    ONNX_NAME,
+    TRITON_CONFIG_NAME,
+    ModelPackage,
+    PackageManifest,
+    TensorSpec,
+    load_package,
+    write_package_manifest,
+)
+from mplstm.core.preprocess import PreprocessConfig, load_clip
+from mplstm.export.torch_op import export_onnx
+from mplstm.training.checkpoint import CheckpointMeta, load_model
+
+INPUT_NAMES = ("clip", "view_mask")
+OUTPUT_NAMES = ("logits", "probabilities")
+DEFAULT_TOLERANCE = 1e-4
+TRACE_BATCH = 2
+
+
+class ExportError(RuntimeError):
+    """An export that must not produce a package (e.g. the parity check failed)."""
+
+
+class PackagedModel(nn.Module):
+    """The served signature: (clip uint8 [B,V,T,C,H,W], view_mask bool [B,V]) → logits, probs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, clip: Tensor, view_mask: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.model(clip, view_mask)
+        return logits, logits.softmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    """One parity input: batch size, length, whether some views are masked."""
+
+    batch: int
+    frames: int
+    masked: bool
+
+
+def default_frames_range(frames: int, dynamic_time: bool) -> tuple[int, int]:
+    """The T an export supports by default: half to twice the training T, or exactly it."""
+    return (max(2, frames // 2), frames * 2) if dynamic_time else (frames, frames)
+
+
+def parity_cases(frames: int, frames_range: tuple[int, int]) -> list[ParityCase]:
+    """Batch 1, 3 and 8 at lengths other than the traced one where the range allows."""
+    low, high = frames_range
+    longer, shorter = min(high, frames + 3), max(low, frames - 3)
+    return [
+        ParityCase(1, frames, masked=False),
+        ParityCase(3, longer, masked=True),
+        ParityCase(8, shorter, masked=True),
+    ]
+
+
+def random_inputs(
+    case: ParityCase, views: int, channels: int, height: int, width: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 clips and a view mask; masked cases drop views but keep one per row."""
+    rng = np.random.default_rng(seed)
+    clip = rng.integers(0, 256, (case.batch, views, case.frames, channels, height, width), np.uint8)
+    mask = np.ones((case.batch, views), bool)
+    if case.masked and views > 1:
+        mask = rng.random((case.batch, views)) < 0.6
+        mask[np.arange(case.batch), rng.integers(0, views, case.batch)] = True
+    return clip, mask
+
+
+def _onnx_session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_parity(
+    model: nn.Module,
+    onnx_path: Path,
+    cases: list[ParityCase],
+    shape: tuple[int, int, int, int],
+    tolerance: float,
+) -> dict[str, Any]:
+    """PyTorch vs ONNX Runtime on every case: max abs diff of logits and argmax agreement."""
+    session = _onnx_session(onnx_path)
+    views, channels, height, width = shape
+    results = []
+    for i, case in enumerate(cases):
+        clip, mask = random_inputs(case, views, channels, height, width, seed=i)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(clip), torch.from_numpy(mask)).numpy()
+        got = session.run(["logits"], {"clip": clip, "view_mask": mask})[0]
+        results.append(
+            {
+                **dataclasses.asdict(case),
+                "max_abs_diff": float(np.abs(expected - got).max()),
+                "argmax_equal": bool((expected.argmax(-1) == got.argmax(-1)).all()),
+            }
+        )
+    worst = max(r["max_abs_diff"] for r in results)
+    return {
+        "reference": f"torch {torch.__version__} (eager)",
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+        "tolerance": tolerance,
+        "max_abs_diff": worst,
+        "argmax_equal": all(r["argmax_equal"] for r in results),
+        "passed": worst <= tolerance and all(r["argmax_equal"] for r in results),
+        "cases": results,
+    }
+
+
+def triton_config(manifest: PackageManifest, num_classes: int) -> str:
+    """A Triton `config.pbtxt` (onnxruntime platform, dynamic batching) for the package."""
+    pre = manifest.preprocess
+    time_dim = -1 if manifest.frames_range[0] != manifest.frames_range[1] else pre.frames
+    dims = {
+        "clip": (
+            "TYPE_UINT8",
+            [len(manifest.view_names), time_dim, pre.channels, pre.height, pre.width],
+        ),
+        "view_mask": ("TYPE_BOOL", [len(manifest.view_names)]),
+        "logits": ("TYPE_FP32", [num_classes]),
+        "probabilities": ("TYPE_FP32", [num_classes]),
+    }
+
+    def block(names: tuple[str, ...]) -> str:
+        return ",\n".join(
+            f'  {{\n    name: "{n}"\n    data_type: {dims[n][0]}\n    dims: {dims[n][1]}\n  }}'
+            for n in names
+        )
+
+    return (
+        f'name: "{manifest.name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        f"max_batch_size: {manifest.max_batch}\n"
+        f"input [\n{block(INPUT_NAMES)}\n]\n"
+        f"output [\n{block(OUTPUT_NAMES)}\n]\n"
+        "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
+        "version_policy: { latest: { num_versions: 1 } }\n"
+    )
+
+
+def _io_specs(
+    meta: CheckpointMeta, num_classes: int, dynamic_time: bool
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    pre = meta.preprocess
+    time: int | str = "time" if dynamic_time else pre.frames
+    views = len(meta.view_names)
+    inputs = (
+        TensorSpec("clip", "uint8", ("batch", views, time, pre.channels, pre.height, pre.width)),
+        TensorSpec("view_mask", "bool", ("batch", views)),
+    )
+    outputs = tuple(TensorSpec(n, "float32", ("batch", num_classes)) for n in OUTPUT_NAMES)
+    return inputs, outputs
+
+
+def export_model_onnx(
+    model: nn.Module,
+    meta: CheckpointMeta,
+    path: Path,
+    *,
+    max_batch: int,
+    frames_range: tuple[int, int],
+) -> onnx.ModelProto:
+    """Export the served signature to `path` with dynamic batch (and time, where supported)."""
+    pre = meta.preprocess
+    views = len(meta.view_names)
+    clip, mask = random_inputs(
+        ParityCase(TRACE_BATCH, pre.frames, masked=False),
+        views,
+        pre.channels,
+        pre.height,
+        pre.width,
+        seed=0,
+    )
+    batch = torch.export.Dim("batch", min=1, max=max(max_batch, 64))
+    clip_dims: dict[int, Any] = {0: batch}
+    if getattr(model, "dynamic_time", True):
+        clip_dims[2] = torch.export.Dim("time", min=frames_range[0], max=frames_range[1])
+    proto = export_onnx(
+        PackagedModel(model).eval(),
+        (torch.from_numpy(clip), torch.from_numpy(mask)),
+        input_names=INPUT_NAMES,
+        output_names=OUTPUT_NAMES,
+        dynamic_shapes={"clip": clip_dims, "view_mask": {0: batch}},
+    )
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, path)
+    return proto
+
+
+def evaluate_onnx(
+    onnx_path: Path,
+    config: PreprocessConfig,
+    labels: tuple[str, ...],
+    data: str | Path,
+    split: str,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Accuracy of an exported model on a manifest split, clips decoded by `core` as served."""
+    records = [r for r in read_manifest(data) if r.split == split]
+    if not records:
+        raise ExportError(f"{data} has no clips in split {split!r}")
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({r.label for r in records} - set(index))
+    if unknown:
+        raise ExportError(f"{data}: labels {unknown} are not among the model's labels")
+    session = _onnx_session(onnx_path)
+    correct = 0
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        clips = [load_clip(dict(r.views), config) for r in chunk]
+        logits = session.run(
+            ["logits"],
+            {
+                "clip": np.stack([c.frames for c in clips]),
+                "view_mask": np.stack([c.view_mask for c in clips]),
+            },
+        )[0]
+        correct += sum(
+            int(p == index[r.label]) for p, r in zip(logits.argmax(-1), chunk, strict=True)
+        )
+    return {
+        "data": Path(data).as_posix(),
+        "split": split,
+        "clips": len(records),
+        "correct": correct,
+        "accuracy": correct / len(records),
+    }
+
+
+def build_package(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    max_batch: int = 32,
+    frames_range: tuple[int, int] | None = None,
+    fp16: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+    eval_data: str | Path | None = None,
+    eval_split: str = "test",
+    log: Callable[[str], None] = lambda message: None,
+) -> ModelPackage:
+    """Export `checkpoint` into the package folder `out` (models/NAME/VERSION).
+
+    NAME and VERSION default to the folder names. With `eval_data` (a clip manifest),
+    the exported ONNX model is scored on that split through the `core` preprocessing
+    path and the accuracy goes into the manifest. Raises ExportError, leaving no
+    package behind, when parity does not hold.
+    """
+    out = Path(out)
+    name = name or out.parent.name
+    version = version or out.name
+    if (out / MANIFEST_NAME).exists():
+        raise ExportError(f"{out} already holds a package; export to a new version folder")
+    model, meta = load_model(checkpoint)
+    model.eval()
+    dynamic_time = bool(getattr(model, "dynamic_time", True))
+    frames = meta.preprocess.frames
+    frames_range = frames_range or default_frames_range(frames, dynamic_time)
+    if not dynamic_time and tuple(frames_range) != (frames, frames):
+        raise ExportError(
+            f"{meta.model_name} exports for its training length only (T = {frames}); "
+            f"--frames-range {frames_range[0]} {frames_range[1]} is not possible"
+        )
+    if not frames_range[0] <= frames <= frames_range[1]:
+        raise ExportError(f"frames range {frames_range} must include the model's T = {frames}")
+    config = model.config
+    num_classes = len(meta.labels)
+    pre = dataclasses.replace(
+        meta.preprocess,
+        mean=tuple(config.mean),
+        std=tuple(config.std),
+        view_names=tuple(meta.view_names),
+        allow_missing_views=getattr(config, "view_dropout", 0.0) > 0,
+    )
+    meta = dataclasses.replace(meta, preprocess=pre)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        log(f"exporting {meta.model_name} to ONNX (T in {frames_range[0]}..{frames_range[1]})")
+        export_model_onnx(
+            model, meta, tmp / ONNX_NAME, max_batch=max_batch, frames_range=tuple(frames_range)
+        )
+        log("checking parity: PyTorch vs ONNX Runtime")
+        shape = (len(meta.view_names), pre.channels, pre.height, pre.width)
+        parity = check_parity(
+            model, tmp / ONNX_NAME, parity_cases(frames, tuple(frames_range)), shape, tolerance
+        )
+        if not parity["passed"]:
+            raise ExportError(
+                f"parity check failed: max |logits diff| {parity['max_abs_diff']:.3g} "
+                f"(tolerance {tolerance:g}), argmax equal: {parity['argmax_equal']}; "
+                "no package written"
+            )
+        evaluation = None
+        if eval_data is not None:
+            log(f"scoring the ONNX model on {eval_data} ({eval_split})")
+            evaluation = evaluate_onnx(tmp / ONNX_NAME, pre, meta.labels, eval_data, eval_split)
+            log(f"{evaluation['clips']} clips, accuracy {evaluation['accuracy']:.1%}")
+        inputs, outputs = _io_specs(meta, num_classes, dynamic_time)
+        manifest = PackageManifest(
+            name=name,
+            version=version,
+            task=meta.task or "classification",
+            model_family=meta.model_name,
+            labels=tuple(meta.labels),
+            view_names=tuple(meta.view_names),
+            view_yaws=meta.view_yaws,
+            preprocess=pre,
+            view_dropout=float(getattr(config, "view_dropout", 0.0)),
+            inputs=inputs,
+            outputs=outputs,
+            max_batch=max_batch,
+            frames_range=tuple(frames_range),  # type: ignore[arg-type]
+            training={
+                "checkpoint": Path(checkpoint).name,
+                "epoch": meta.epoch,
+                "step": meta.step,
+                "metrics": meta.metrics,
+                "model_config": dataclasses.asdict(config),
+                "evaluation": evaluation,
+            },
+            parity=parity,
+            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            mplstm_version=__version__,
+        )
+        if fp16:
+            from mplstm.export.fp16 import to_fp16
+
+            log("writing the fp16 model")
+            onnx.save(to_fp16(onnx.load(tmp / ONNX_NAME)), tmp / ONNX_FP16_NAME)
+        (tmp / TRITON_CONFIG_NAME).write_text(triton_config(manifest, num_classes))
+        write_package_manifest(tmp, manifest)
+        if out.exists():
+            out.rmdir()  # an empty folder only: a non-empty one raises, nothing is lost
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Triton reads config.pbtxt from the model folder, beside the version folders.
+    shutil.copyfile(out / TRITON_CONFIG_NAME, out.parent / TRITON_CONFIG_NAME)
+    log(f"wrote {out} (parity max |diff| {parity['max_abs_diff']:.2g})")
+    return load_package(out)

@@ -1,0 +1,43 @@
+"""The committed demo packages: intact, small, and as accurate as their manifests say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mplstm.core.package import ONNX_NAME, load_package
+from mplstm.export.package import evaluate_onnx
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMOS = {"demo-lipreading": "lipreading", "demo-identity": "identity"}
+MAX_PACKAGE_BYTES = 20 * 2**20
+
+
+@pytest.mark.parametrize("name", sorted(DEMOS))
+def test_demo_package_loads_with_matching_hashes_and_is_small(name: str) -> None:
+    package = load_package(ROOT / "models" / name / "1")
+    assert package.manifest.task == DEMOS[name]
+    assert package.manifest.parity["passed"]
+    size = sum(p.stat().st_size for p in package.path.iterdir())
+    assert size <= MAX_PACKAGE_BYTES
+
+
+@pytest.mark.parametrize("name", sorted(DEMOS))
+def test_demo_package_scores_its_example_clips_at_the_accuracy_its_manifest_records(
+    name: str,
+) -> None:
+    package = load_package(ROOT / "models" / name / "1")
+    recorded = package.manifest.training["evaluation"]
+    examples = ROOT / "models" / "examples" / DEMOS[name] / "manifest.jsonl"
+    measured = evaluate_onnx(
+        package.path / ONNX_NAME,
+        package.manifest.preprocess_config(),
+        package.manifest.labels,
+        examples,
+        "test",
+    )
+    assert measured["clips"] == recorded["clips"] > 0
+    assert measured["correct"] == recorded["correct"]
+    # Better than chance by a margin: the package is a trained model, not an initialisation.
+    assert measured["accuracy"] >= 2.0 / len(package.manifest.labels)
