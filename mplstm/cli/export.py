@@ -70,6 +70,18 @@ def run(args: argparse.Namespace) -> int:
     from mplstm.export.package import ExportError, build_package
     from mplstm.training.checkpoint import CheckpointError
 
+    if args.tensorrt:
+        from mplstm.export import tensorrt_build
+
+        # Before the export, not after: a host without TensorRT or a GPU is known at once.
+        try:
+            tensorrt_build.tensorrt_version()
+            tensorrt_build.current_gpu()
+        except (tensorrt_build.GPUUnavailableError, tensorrt_build.EngineIncompatibleError) as exc:
+            raise CommandError(
+                f"--tensorrt needs a GPU host with TensorRT (e.g. the image of Dockerfile.gpu): {exc}"
+            ) from exc
+
     try:
         package = build_package(
             args.checkpoint,
@@ -87,7 +99,17 @@ def run(args: argparse.Namespace) -> int:
         if args.tensorrt:
             from mplstm.export.engines import add_engine
 
-            add_engine(package, max_batch=args.max_batch, log=print)
-    except (ExportError, CheckpointError, FileNotFoundError, ManifestError) as exc:
+            try:
+                add_engine(package, max_batch=args.max_batch, log=print)
+            except tensorrt_build.EngineBuildError as exc:
+                raise CommandError(
+                    f"{package.path} was written, but the TensorRT engine build failed: {exc}"
+                ) from exc
+    except (
+        ExportError,
+        CheckpointError,
+        FileNotFoundError,
+        ManifestError,
+    ) as exc:
         raise CommandError(str(exc)) from exc
     return 0

@@ -14,6 +14,7 @@ import torch
 from mplstm.cli import main as cli_main
 from mplstm.core.package import (
     MANIFEST_NAME,
+    ONNX_FP16_NAME,
     ONNX_NAME,
     TRITON_CONFIG_NAME,
     PackageError,
@@ -146,3 +147,34 @@ def test_random_inputs_keep_at_least_one_view_in_every_masked_row() -> None:
 
     _, mask = random_inputs(ParityCase(64, 4, masked=True), 5, 1, 8, 8, seed=3)
     assert mask.any(axis=1).all() and not mask.all()
+
+
+def test_export_with_tensorrt_on_a_host_without_it_fails_before_exporting(
+    tiny_checkpoint: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mplstm.export import tensorrt_build
+
+    try:
+        tensorrt_build.tensorrt_version()
+        tensorrt_build.current_gpu()
+    except (tensorrt_build.GPUUnavailableError, tensorrt_build.EngineIncompatibleError):
+        pass
+    else:
+        pytest.skip(
+            "this host has TensorRT and a GPU: the engine path is tested in test_tensorrt_build"
+        )
+    out = tmp_path / "m" / "1"
+    assert cli_main(["export", str(tiny_checkpoint()), "--out", str(out), "--tensorrt"]) == 2
+    assert "--tensorrt needs a GPU host with TensorRT" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_fp16_export_adds_the_fp16_twin_which_check_compares_with_fp32(
+    tiny_checkpoint: Callable[..., Path], tmp_path: Path
+) -> None:
+    package = build_package(tiny_checkpoint(), tmp_path / "m" / "1", fp16=True)
+    assert ONNX_FP16_NAME in package.manifest.files
+    fp16 = onnx.load(package.path / ONNX_FP16_NAME)
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    rows = {r.item: r for r in check_package(package.path)}
+    assert rows[ONNX_FP16_NAME].status == "ok", rows[ONNX_FP16_NAME].detail
