@@ -1,10 +1,11 @@
 # Two commands on a fresh machine: `make run` and `make test`.
 PYTHON ?= python3.11
+EXAMPLE := s011_w00_1_000
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint format bench clean demo-models
+.PHONY: venv run test lint format bench clean demo-models deploy-tools
 
 venv: $(STAMP)
 
@@ -14,13 +15,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Until the service lands (issue 5), `make run` generates a small synthetic
-# multi-view set and shows what a model sees of one clip.
+# The service on the embedded demo packages (models/), on 127.0.0.1:8000.
 run: venv
-	@echo "The service is not built yet: generating a synthetic demo set instead."
-	$(BIN)/mplstm synth data/demo --task lipreading --speakers 4 --words 10 --views 5 --clips-per-pair 1 --seed 0
-	$(BIN)/mplstm preprocess $$(ls data/demo/clips/*/*.mp4 | head -5 | sort) --frames 20 --size 64 64 --gray --out runs/demo_clip.npz --png runs/demo_clip.png
-	@echo "Wrote runs/demo_clip.npz and the contact sheet runs/demo_clip.png"
+	@echo "Serving models/ on http://127.0.0.1:8000 (Ctrl-C stops). Try, from another shell:"
+	@echo "  curl -s http://127.0.0.1:8000/v1/models"
+	@echo "  curl -s -F front=@models/examples/lipreading/clips/$(EXAMPLE)/front.mp4 \\"
+	@echo "       -F left90=@models/examples/lipreading/clips/$(EXAMPLE)/left90.mp4 \\"
+	@echo "       -F right30=@models/examples/lipreading/clips/$(EXAMPLE)/right30.mp4 \\"
+	@echo "       -F right90=@models/examples/lipreading/clips/$(EXAMPLE)/right90.mp4 \\"
+	@echo "       -F left30=@models/examples/lipreading/clips/$(EXAMPLE)/left30.mp4 \\"
+	@echo "       http://127.0.0.1:8000/v1/predict"
+	$(BIN)/mplstm serve --models models --host 127.0.0.1 --port 8000
+
+# Tools the deployment tests call: Debian's docker-compose (to validate
+# docker-compose.yml) and kubectl's built-in kustomize (to render k8s/). Missing ones
+# make those tests skip, saying so.
+deploy-tools:
+	@command -v docker-compose >/dev/null || apt-get install -y -q docker-compose >/dev/null \
+		|| sudo apt-get install -y -q docker-compose >/dev/null \
+		|| echo "docker-compose could not be installed: tests/deploy compose checks will skip"
+	@command -v kubectl >/dev/null || echo "kubectl not found: tests/deploy kustomize checks will skip"
 
 lint: venv
 	$(BIN)/ruff check .
@@ -30,7 +44,7 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: venv lint
+test: venv lint deploy-tools
 	$(BIN)/pytest -q
 
 bench: venv

@@ -54,5 +54,7 @@ def run(args: argparse.Namespace) -> int:
         workers=settings.workers,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
         log_level=settings.log_level.lower(),
+        # The service logs each request itself, with its request id.
+        access_log=False,
     )
     return 0

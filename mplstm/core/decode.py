@@ -31,6 +31,7 @@ from mplstm.core.errors import (
     ClipTooLongError,
     CorruptVideoError,
     NoVideoStreamError,
+    StillImageError,
     UnreadableContainerError,
 )
 from mplstm.core.limits import DecodeLimits
@@ -113,6 +114,12 @@ def _open_container(
     reopened without the cap (they do not decode while probing) so the size is checked.
     """
     container = _av_open(file, {"max_pixels": str(limits.max_pixels)}, view)
+    if _is_still_image(container):
+        name = container.format.name
+        container.close()
+        raise StillImageError(
+            f"a still image ({name}), not a video; send an MP4, AVI, MKV or WebM", view=view
+        )
     contexts = [s.codec_context for s in container.streams.video if s.codec_context is not None]
     if contexts and not (contexts[0].width and contexts[0].height):
         container.close()
@@ -121,11 +128,19 @@ def _open_container(
     return container
 
 
+def _is_still_image(container: av.container.InputContainer) -> bool:
+    """FFmpeg's image demuxers: image2 (by file name) and the *_pipe ones (by content)."""
+    names = container.format.name.split(",")
+    return any(n == "image2" or (n.endswith("_pipe") and n != "yuv4mpegpipe") for n in names)
+
+
 def _av_open(
     file: BinaryIO, options: dict[str, str], view: str | None
 ) -> av.container.InputContainer:
     try:
-        return av.open(file, options=options, metadata_errors="replace")
+        # mode="r": a file object opened for writing too ("w+b", e.g. a spooled upload)
+        # would otherwise open an output container.
+        return av.open(file, mode="r", options=options, metadata_errors="replace")
     except av.error.FFmpegError as exc:
         raise UnreadableContainerError(
             f"not a video file FFmpeg can read ({_reason(exc)}); send an MP4, AVI, MKV or WebM",

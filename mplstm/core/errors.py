@@ -25,6 +25,13 @@ class UnreadableContainerError(ClipError):
     http_status = 415
 
 
+class StillImageError(UnreadableContainerError):
+    """A still image (PNG, JPEG, ...) sent as a video: FFmpeg opens it as a one-frame stream."""
+
+    code = "still_image"
+    http_status = 415
+
+
 class NoVideoStreamError(ClipError):
     """The container opens but holds no video stream (audio only, subtitles)."""
 

@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 
+from mplstm.core.contact_sheet import write_png
 from mplstm.core.decode import decode_view
 from mplstm.core.errors import (
     ClipError,
@@ -18,6 +19,7 @@ from mplstm.core.errors import (
     ClipTooLongError,
     CorruptVideoError,
     NoVideoStreamError,
+    StillImageError,
     UnreadableContainerError,
 )
 from mplstm.core.limits import DecodeLimits
@@ -57,6 +59,24 @@ def test_text_file_renamed_mp4_is_unreadable(tmp_path):
     path.write_text("these are meeting notes, not a video\n" * 50)
     with pytest.raises(UnreadableContainerError):
         _decode(path)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".png"])
+def test_png_image_sent_as_a_video_is_refused_as_a_still_image(tmp_path, suffix):
+    image = np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    path = write_png(tmp_path / f"photo{suffix}", image)
+    for source in (path, path.read_bytes()):
+        with pytest.raises(StillImageError, match="still image") as info:
+            _decode(source)
+        assert info.value.http_status == 415
+
+
+def test_file_object_opened_for_writing_too_is_read_not_overwritten(small_mp4, tmp_path):
+    copy = tmp_path / "upload.mp4"
+    copy.write_bytes(small_mp4.read_bytes())
+    with open(copy, "r+b") as upload:  # how spooled uploads arrive
+        assert _decode(upload).take().shape[0] == 10
+    assert copy.read_bytes() == small_mp4.read_bytes()
 
 
 def test_missing_path_is_unreadable_and_names_the_path(tmp_path):

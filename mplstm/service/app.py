@@ -1,0 +1,75 @@
+"""The FastAPI app: `create_app(settings)`; `app_from_env()` is the uvicorn factory.
+
+Start-up (lifespan) loads and warms up every model, then the server reports ready.
+On SIGTERM uvicorn stops accepting connections and waits for in-flight requests;
+the lifespan's shutdown then drains every batcher and the decode pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from mplstm import __version__
+from mplstm.service.decode_pool import DecodePool
+from mplstm.service.errors import install_error_handlers
+from mplstm.service.limits import BodyLimitMiddleware
+from mplstm.service.logs import RequestIdMiddleware, configure_logging
+from mplstm.service.metrics import ServiceMetrics
+from mplstm.service.pipeline import Services
+from mplstm.service.repository import ModelRepository
+from mplstm.service.routes import open_router, router
+from mplstm.service.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The service app for `settings`; models load when the app starts (lifespan)."""
+    configure_logging(settings.log_format, settings.log_level)
+    api_keys = settings.load_api_keys()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not api_keys:
+            log.warning(
+                "authentication is OFF: no MPLSTM_API_KEYS or MPLSTM_API_KEY_FILE; anyone who "
+                "can reach this port can use it"
+            )
+        metrics = ServiceMetrics()
+        repository = ModelRepository(settings, metrics)
+        decode_pool = DecodePool(settings.decode_workers, settings.decode_limits())
+        app.state.services = Services(settings, repository, decode_pool, metrics)
+        await repository.load_all()
+        log.info("listening; ready=%s", repository.ready)
+        try:
+            yield
+        finally:
+            log.info("shutting down: draining batchers")
+            await repository.close()
+            decode_pool.close()
+            log.info("shut down")
+
+    app = FastAPI(
+        title="mplstm-serve",
+        version=__version__,
+        description="Multi-view video recognition with Multi-Perspective LSTMs: "
+        "/v1 video in, /v2 Open Inference Protocol tensors in.",
+        lifespan=lifespan,
+    )
+    app.state.api_keys = api_keys
+    install_error_handlers(app)
+    app.include_router(open_router)
+    app.include_router(router)
+    # Outermost last: request ids wrap everything, the body limit wraps the routes.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Uvicorn factory (`uvicorn --factory mplstm.service.app:app_from_env`): settings from MPLSTM_*."""
+    return create_app(load_settings())

@@ -1,0 +1,48 @@
+"""API keys: `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared in constant time.
+
+Health, readiness and metrics stay open (probes and scrapers carry no key). With no
+key configured auth is off, and start-up logs a warning saying so.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from fastapi import Request
+
+from mplstm.service.errors import UnauthorizedError
+
+log = logging.getLogger(__name__)
+
+
+def keys_match(given: str, keys: frozenset[str]) -> bool:
+    """Whether `given` is one of `keys`, comparing against every key in constant time."""
+    found = False
+    for key in keys:
+        # No early exit: the time taken tells neither which key nor how much of one matched.
+        found |= hmac.compare_digest(given.encode(), key.encode())
+    return found
+
+
+def presented_key(request: Request) -> str | None:
+    """The key a request carries, from either header."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+async def require_api_key(request: Request) -> None:
+    """FastAPI dependency: 401 unless auth is off or the request carries a valid key."""
+    keys: frozenset[str] = request.app.state.api_keys
+    if not keys:
+        return
+    given = presented_key(request)
+    if given is None:
+        raise UnauthorizedError(
+            "this server needs an API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"
+        )
+    if not keys_match(given, keys):
+        raise UnauthorizedError("the API key is not valid")

@@ -1,0 +1,228 @@
+"""The dynamic batcher: one per model, it turns concurrent requests into batches.
+
+Requests wait in a bounded asyncio queue. The first request of a batch opens it; the
+batch closes when it holds `max_batch` clips or `max_delay_s` after that request
+arrived, whichever comes first. While one batch runs in the inference thread (off the
+event loop; ONNX Runtime releases the GIL), the next one gathers in the queue, so
+under load batches close full without waiting. Clips of different shape (a different
+T on the tensor route) are grouped by shape and run as separate batches. A full queue
+is refused at once (`QueueFullError`, 503 + Retry-After) rather than growing latency
+without bound; a request past its deadline is dropped before it costs inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from mplstm.service.backends.base import InferenceOutput
+from mplstm.service.errors import (
+    BadTensorError,
+    DeadlineExceededError,
+    InferenceFailedError,
+    QueueFullError,
+    ShuttingDownError,
+)
+from mplstm.service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+Infer = Callable[[np.ndarray, np.ndarray], InferenceOutput]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's rows of a batch's output, and where its time went."""
+
+    logits: np.ndarray  # float32 [n, classes]
+    probabilities: np.ndarray  # float32 [n, classes]
+    queue_s: float  # enqueued -> its batch started
+    inference_s: float  # its batch's inference time
+    batch_size: int  # clips in the batch it ran in
+
+
+@dataclass(eq=False)
+class _Pending:
+    clip: np.ndarray  # uint8 [n, V, T, C, H, W]
+    view_mask: np.ndarray  # bool [n, V]
+    future: asyncio.Future[BatchResult]
+    enqueued: float  # loop time
+    deadline: float  # loop time
+
+    @property
+    def rows(self) -> int:
+        return self.clip.shape[0]
+
+
+_STOP = object()
+
+
+class DynamicBatcher:
+    """Batches `infer(clip, view_mask)` calls for one model; start, submit, stop."""
+
+    def __init__(
+        self,
+        model: str,
+        infer: Infer,
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self._infer = infer
+        self._max_delay_s = max_delay_s
+        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue(maxsize=max_queue)
+        self._metrics = metrics
+        # One thread: batches of a model run one after another; the backend itself uses
+        # every core for one batch.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model}")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._loop(), name=f"batcher-{self.model}"
+        )
+
+    async def submit(
+        self, clip: np.ndarray, view_mask: np.ndarray, *, timeout_s: float
+    ) -> BatchResult:
+        """Queue clips [n, V, T, C, H, W] (n <= max_batch) and wait for their rows of a batch."""
+        if self._closing:
+            raise ShuttingDownError(
+                f"model {self.model!r} is shutting down; retry on another replica"
+            )
+        if clip.shape[0] > self.max_batch:
+            raise BadTensorError(
+                f"batch of {clip.shape[0]} clips exceeds this model's max_batch {self.max_batch}"
+            )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        item = _Pending(clip, view_mask, loop.create_future(), now, now + timeout_s)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise QueueFullError(
+                f"model {self.model!r} has {self._queue.maxsize} requests waiting; retry shortly"
+            ) from None
+        # Pending = waiting for inference, in the queue or in the batch being gathered.
+        depth = self._metrics.queue_depth.labels(self.model)
+        depth.inc()
+        item.future.add_done_callback(lambda _: depth.dec())
+        try:
+            return await asyncio.wait_for(item.future, timeout_s)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"no answer from model {self.model!r} within {timeout_s:.1f} s; the server is "
+                "overloaded, retry later"
+            ) from None
+
+    async def stop(self) -> None:
+        """Refuse new requests, finish every queued one, then stop the loop."""
+        if self._task is None:
+            return
+        self._closing = True
+        await self._queue.put(_STOP)
+        await self._task
+        self._executor.shutdown(wait=True)
+        self._task = None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = False
+        while not stop:
+            first = await self._queue.get()
+            if first is _STOP:
+                break
+            assert isinstance(first, _Pending)
+            batch = [first]
+            rows = first.rows
+            close_at = first.enqueued + self._max_delay_s
+            while rows < self.max_batch:
+                wait = close_at - loop.time()
+                try:
+                    if wait <= 0:
+                        item = self._queue.get_nowait()
+                    else:
+                        item = await asyncio.wait_for(self._queue.get(), wait)
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                assert isinstance(item, _Pending)
+                batch.append(item)
+                rows += item.rows
+            for group in self._groups(batch):
+                await self._run(group)
+
+    def _groups(self, batch: list[_Pending]) -> list[list[_Pending]]:
+        """Live requests grouped by clip shape, each group cut to at most max_batch clips."""
+        now = asyncio.get_running_loop().time()
+        by_shape: dict[tuple[int, ...], list[list[_Pending]]] = defaultdict(lambda: [[]])
+        for item in batch:
+            if item.future.done():  # the client gave up (timeout, disconnect)
+                continue
+            if now > item.deadline:
+                item.future.set_exception(
+                    DeadlineExceededError(f"request waited past its deadline for {self.model!r}")
+                )
+                continue
+            chunks = by_shape[item.clip.shape[1:]]
+            if sum(i.rows for i in chunks[-1]) + item.rows > self.max_batch:
+                chunks.append([])
+            chunks[-1].append(item)
+        return [chunk for chunks in by_shape.values() for chunk in chunks if chunk]
+
+    async def _run(self, group: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            output, inference_s = await loop.run_in_executor(
+                self._executor, self._infer_group, group
+            )
+        except Exception as exc:
+            log.exception("%s: inference failed on a batch of %d requests", self.model, len(group))
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(
+                        InferenceFailedError(f"inference failed: {type(exc).__name__}: {exc}")
+                    )
+            return
+        rows = sum(item.rows for item in group)
+        self._metrics.batch_size.labels(self.model).observe(rows)
+        offset = 0
+        for item in group:
+            part = slice(offset, offset + item.rows)
+            offset += item.rows
+            if not item.future.done():
+                item.future.set_result(
+                    BatchResult(
+                        output.logits[part],
+                        output.probabilities[part],
+                        queue_s=start - item.enqueued,
+                        inference_s=inference_s,
+                        batch_size=rows,
+                    )
+                )
+
+    def _infer_group(self, group: list[_Pending]) -> tuple[InferenceOutput, float]:
+        # Runs in the inference thread, so the concatenation copy stays off the event loop.
+        clip = group[0].clip if len(group) == 1 else np.concatenate([i.clip for i in group])
+        mask = (
+            group[0].view_mask if len(group) == 1 else np.concatenate([i.view_mask for i in group])
+        )
+        start = time.perf_counter()
+        output = self._infer(clip, mask)
+        return output, time.perf_counter() - start

@@ -1,0 +1,119 @@
+"""What a request does once parsed: decode, batch, infer, and account for the time.
+
+Route handlers call these and stay thin; the batcher and backends do the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+
+from mplstm.service.batcher import BatchResult
+from mplstm.service.decode_pool import DecodePool
+from mplstm.service.errors import DeadlineExceededError
+from mplstm.service.metrics import ServiceMetrics
+from mplstm.service.repository import LoadedModel, ModelRepository
+from mplstm.service.schemas import ModelRef, Prediction, PredictResponse, Timings
+from mplstm.service.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the routes need, built once at start-up and shared through `app.state`."""
+
+    settings: Settings
+    repository: ModelRepository
+    decode_pool: DecodePool
+    metrics: ServiceMetrics
+
+
+@contextmanager
+def counted(services: Services, model: str, route: str) -> Iterator[None]:
+    """Count one request by outcome: "success", or the error code it ended with."""
+    metrics = services.metrics
+    # Only served names become label values: a client must not create series at will.
+    model = model if services.repository.serves(model) else "_unknown"
+    try:
+        yield
+    except BaseException as exc:
+        outcome = getattr(exc, "code", None) or type(exc).__name__
+        metrics.requests.labels(model, route, str(outcome)).inc()
+        raise
+    metrics.requests.labels(model, route, "success").inc()
+
+
+async def predict_views(
+    model: LoadedModel,
+    views: Mapping[str, BinaryIO],
+    *,
+    top_k: int,
+    request_id: str,
+    decode_pool: DecodePool,
+    metrics: ServiceMetrics,
+    timeout_s: float,
+) -> PredictResponse:
+    """Uploaded views of one clip -> the model's top-k predictions, with per-stage timings."""
+    start = time.perf_counter()
+    manifest = model.manifest
+    try:
+        clip = await asyncio.wait_for(
+            decode_pool.decode(views, manifest.preprocess_config()), timeout_s
+        )
+    except TimeoutError:
+        raise DeadlineExceededError(
+            f"decoding took longer than the {timeout_s:.1f} s request deadline"
+        ) from None
+    decoded = time.perf_counter()
+    result = await model.batcher.submit(
+        clip.frames[None], clip.view_mask[None], timeout_s=max(timeout_s - (decoded - start), 1e-3)
+    )
+    total = time.perf_counter() - start
+    seconds = {
+        "decode": decoded - start,
+        "queue": result.queue_s,
+        "inference": result.inference_s,
+        "total": total,
+    }
+    metrics.observe_stages(model.name, seconds)
+    return PredictResponse(
+        model=ModelRef(name=model.name, version=model.version),
+        task=manifest.task,
+        predictions=top_predictions(result.probabilities[0], manifest.labels, top_k),
+        views_used=[n for n, used in zip(clip.view_names, clip.view_mask, strict=True) if used],
+        timings_ms=Timings(**{k: round(v * 1000, 3) for k, v in seconds.items()}),
+        request_id=request_id,
+    )
+
+
+async def infer_tensors(
+    model: LoadedModel,
+    clip: np.ndarray,
+    view_mask: np.ndarray,
+    *,
+    metrics: ServiceMetrics,
+    timeout_s: float,
+) -> BatchResult:
+    """Ready-made tensors (the v2 route) through the model's batcher."""
+    start = time.perf_counter()
+    result = await model.batcher.submit(clip, view_mask, timeout_s=timeout_s)
+    metrics.observe_stages(
+        model.name,
+        {
+            "queue": result.queue_s,
+            "inference": result.inference_s,
+            "total": time.perf_counter() - start,
+        },
+    )
+    return result
+
+
+def top_predictions(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[Prediction]:
+    """The k most probable labels, best first (ties in label order)."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [Prediction(label=labels[i], score=float(probabilities[i])) for i in order]

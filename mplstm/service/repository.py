@@ -1,0 +1,227 @@
+"""The model repository: every `<models_dir>/<name>/<latest version>/`, loaded and warmed up.
+
+A package is verified (every sha256) before any of its files is opened, so a tampered
+or half-copied package is refused with a log line naming the file. The server is
+ready only when every model it was asked to serve is loaded and warmed up (a model
+that failed to load keeps readiness off: a broken rollout must not take traffic).
+`load(name)` swaps in the newest version without a restart; if that fails, the
+version that was serving keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mplstm.core.package import (
+    ModelPackage,
+    PackageError,
+    PackageManifest,
+    find_packages,
+    load_package,
+)
+from mplstm.service.backends.base import Backend, BackendUnavailableError, dummy_batch
+from mplstm.service.backends.select import open_backend
+from mplstm.service.batcher import DynamicBatcher
+from mplstm.service.errors import ModelLoadError, ModelNotFoundError, ModelNotReadyError
+from mplstm.service.metrics import ServiceMetrics
+from mplstm.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A package being served: its backend and its batcher."""
+
+    name: str  # the repository folder name, which routes use
+    package: ModelPackage
+    backend: Backend
+    batcher: DynamicBatcher
+
+    @property
+    def manifest(self) -> PackageManifest:
+        return self.package.manifest
+
+    @property
+    def version(self) -> str:
+        return self.package.path.name
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What the repository knows about one model name (Triton's repository index entry)."""
+
+    name: str
+    version: str | None
+    state: str  # "READY" | "UNAVAILABLE" | "UNLOADED"
+    reason: str = ""
+
+
+class ModelRepository:
+    """Loads, serves, reloads and unloads the packages under `settings.models_dir`."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._models: dict[str, LoadedModel] = {}
+        self._failures: dict[str, str] = {}
+        self._wanted: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._started = False
+
+    @property
+    def ready(self) -> bool:
+        """Start-up finished and every wanted model is serving."""
+        return self._started and bool(self._wanted) and self._wanted <= self._models.keys()
+
+    async def load_all(self) -> None:
+        """Load the newest version of every model in the repository (failures are logged)."""
+        try:
+            names = list(find_packages(self.settings.models_dir))
+        except PackageError as exc:
+            log.error("no models to serve: %s", exc)
+            names = []
+        if not names:
+            log.error("model repository %s holds no model package", self.settings.models_dir)
+        for name in names:
+            # A failure is logged by load() and leaves the server not ready.
+            with contextlib.suppress(ModelLoadError):
+                await self.load(name)
+        self._started = True
+        log.info("serving %d of %d models: %s", len(self._models), len(names), sorted(self._models))
+
+    def get(self, name: str) -> LoadedModel:
+        """The serving model `name`; 404 if the repository has no such model, 503 if not loaded."""
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        if name in self._failures:
+            raise ModelNotReadyError(f"model {name!r} failed to load: {self._failures[name]}")
+        if name in self.names():
+            raise ModelNotReadyError(
+                f"model {name!r} is not loaded; POST /v2/repository/models/{name}/load"
+            )
+        raise ModelNotFoundError(f"no model {name!r}; this server has {sorted(self.names())}")
+
+    def serves(self, name: str) -> bool:
+        """Whether `name` is loaded and serving."""
+        return name in self._models
+
+    def models(self) -> list[LoadedModel]:
+        return [self._models[name] for name in sorted(self._models)]
+
+    def names(self) -> set[str]:
+        """Every model name known: in the repository folder, serving, or failed."""
+        try:
+            on_disk = set(find_packages(self.settings.models_dir))
+        except PackageError:
+            on_disk = set()
+        return on_disk | self._models.keys() | self._failures.keys()
+
+    def states(self) -> list[ModelState]:
+        out = []
+        for name in sorted(self.names()):
+            model = self._models.get(name)
+            if model is not None:
+                out.append(ModelState(name, model.version, "READY"))
+            elif name in self._failures:
+                out.append(ModelState(name, None, "UNAVAILABLE", self._failures[name]))
+            else:
+                out.append(ModelState(name, None, "UNLOADED"))
+        return out
+
+    async def load(self, name: str) -> LoadedModel:
+        """Load (or reload) the newest version of `name`; on failure the old one keeps serving."""
+        async with self._lock:
+            folder = self._latest(name)
+            self._wanted.add(name)
+            try:
+                package, backend = await asyncio.to_thread(self._open, folder)
+            except (PackageError, BackendUnavailableError, OSError, ValueError) as exc:
+                reason = str(exc)
+                old = self._models.get(name)
+                keeps = f"; version {old.version} keeps serving" if old else ""
+                log.error("model %s: refusing to load %s: %s%s", name, folder, reason, keeps)
+                if old is None:
+                    self._failures[name] = reason
+                raise ModelLoadError(f"model {name!r} failed to load: {reason}{keeps}") from exc
+            model = self._start(name, package, backend)
+            old = self._models.get(name)
+            self._models[name] = model
+            self._failures.pop(name, None)
+            self._update_gauges(old, model)
+            log.info("model %s: version %s ready (%s)", name, model.version, backend.why)
+        if old is not None:
+            await self._retire(old)
+        return model
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name` after its queued requests are answered."""
+        async with self._lock:
+            if name not in self.names():
+                raise ModelNotFoundError(f"no model {name!r}")
+            self._wanted.discard(name)
+            self._failures.pop(name, None)
+            old = self._models.pop(name, None)
+            self._update_gauges(old, None)
+        if old is not None:
+            await self._retire(old)
+            log.info("model %s: version %s unloaded", name, old.version)
+
+    async def close(self) -> None:
+        """Drain and stop every model."""
+        models, self._models = list(self._models.values()), {}
+        await asyncio.gather(*(self._retire(m) for m in models))
+
+    def _latest(self, name: str) -> Path:
+        try:
+            versions = find_packages(self.settings.models_dir).get(name)
+        except PackageError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        if not versions:
+            raise ModelNotFoundError(
+                f"no model {name!r} in {self.settings.models_dir} (expected {name}/<version>/)"
+            )
+        return versions[-1]
+
+    def _open(self, folder: Path) -> tuple[ModelPackage, Backend]:
+        """Verify, open and warm up a package (blocking: runs in a thread)."""
+        package = load_package(folder)
+        backend = open_backend(package, self.settings)
+        pre = package.manifest.preprocess
+        clip, mask = dummy_batch(
+            len(package.manifest.view_names), pre.frames, pre.channels, pre.height, pre.width
+        )
+        try:
+            backend.infer(clip, mask)
+        except Exception as exc:  # whatever the runtime raises, the model cannot serve
+            backend.close()
+            raise BackendUnavailableError(f"warm-up inference failed: {exc}") from exc
+        return package, backend
+
+    def _start(self, name: str, package: ModelPackage, backend: Backend) -> LoadedModel:
+        batcher = DynamicBatcher(
+            name,
+            backend.infer,
+            max_batch=min(self.settings.max_batch, package.manifest.max_batch),
+            max_delay_s=self.settings.max_delay_ms / 1000,
+            max_queue=self.settings.max_queue,
+            metrics=self.metrics,
+        )
+        batcher.start()
+        return LoadedModel(name, package, backend, batcher)
+
+    async def _retire(self, model: LoadedModel) -> None:
+        await model.batcher.stop()
+        model.backend.close()
+
+    def _update_gauges(self, old: LoadedModel | None, new: LoadedModel | None) -> None:
+        if old is not None:
+            self.metrics.model_ready.labels(old.name, old.version).set(0)
+        if new is not None:
+            self.metrics.model_ready.labels(new.name, new.version).set(1)
+        self.metrics.models_loaded.set(len(self._models))

@@ -1,0 +1,44 @@
+"""Service test fixtures: real model packages, real video clips, real servers over loopback.
+
+Packages are exported once per session from tiny untrained models (tests may import
+torch to build them; the service itself never does).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from service_helpers import SHARED_ENV, Server, build_packages, write_clip
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with two packages: `tiny` (missing views allowed) and `tiny-full`."""
+    work = tmp_path_factory.mktemp("packages")
+    build_packages(work / "models", work)
+    return work / "models"
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Path]]:
+    """Four different three-view clips."""
+    root = tmp_path_factory.mktemp("clips")
+    return [write_clip(root / f"clip{i}", seed=i) for i in range(4)]
+
+
+@pytest.fixture(scope="session")
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The shared server: both packages, tight limits (`SHARED_ENV`), no API keys."""
+    srv = Server(repo, tmp_path_factory.mktemp("server") / "server.log", dict(SHARED_ENV))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def repo_copy(repo: Path, tmp_path: Path) -> Path:
+    """A private copy of the repository, for tests that change it."""
+    return Path(shutil.copytree(repo, tmp_path / "models"))

@@ -1,0 +1,157 @@
+"""Auth, model (re)loading, tampered packages and graceful shutdown, on real servers."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from service_helpers import DROPOUT_MODEL, Server, upload
+
+
+def test_api_keys_guard_every_route_but_health_and_metrics(
+    repo: Path, tmp_path: Path, clips: list[dict[str, Path]]
+) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text("# ops team\nfile-key\n\n")
+    env = {
+        "MPLSTM_API_KEYS": "env-key-1, env-key-2",
+        "MPLSTM_API_KEY_FILE": str(key_file),
+        "MPLSTM_LOG_FORMAT": "json",
+        "MPLSTM_DEFAULT_MODEL": DROPOUT_MODEL,
+    }
+    server = Server(repo, tmp_path / "server.log", env).start()
+    try:
+        models = f"{server.url}/v1/models"
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "env-key"}):
+            r = httpx.get(models, headers=headers)
+            assert (r.status_code, r.json()["error"]) == (401, "unauthorized")
+            assert r.headers["www-authenticate"] == "Bearer"
+        for headers in (
+            {"Authorization": "Bearer env-key-2"},
+            {"authorization": "bearer file-key"},
+            {"X-API-Key": "env-key-1"},
+        ):
+            assert httpx.get(models, headers=headers).status_code == 200
+        r = httpx.post(f"{server.url}/v1/models/{DROPOUT_MODEL}/predict", files=upload(clips[0]))
+        assert r.status_code == 401
+        r = httpx.post(
+            f"{server.url}/v1/predict",
+            files=upload(clips[0]),
+            headers={"X-API-Key": "file-key", "X-Request-ID": "trace-42"},
+        )
+        assert r.status_code == 200
+        for open_path in ("/v2/health/live", "/v2/health/ready", "/metrics"):
+            assert httpx.get(server.url + open_path).status_code == 200
+    finally:
+        server.stop()
+    lines = [json.loads(ln) for ln in server.log().splitlines() if ln.startswith("{")]
+    assert lines and {"time", "level", "logger", "request_id", "message"} <= lines[0].keys()
+    assert not any("authentication is OFF" in ln["message"] for ln in lines)
+    predict_lines = [ln for ln in lines if ln["request_id"] == "trace-42"]
+    assert predict_lines and "POST /v1/predict 200" in predict_lines[-1]["message"]
+
+
+def test_auth_is_off_with_a_warning_when_no_key_is_configured(server: Server) -> None:
+    assert httpx.get(f"{server.url}/v1/models").status_code == 200
+    assert "authentication is OFF" in server.log()
+
+
+def _tamper(folder: Path) -> None:
+    """Change one byte of the package's model.onnx (its manifest keeps the old sha256)."""
+    onnx_path = folder / "model.onnx"
+    data = bytearray(onnx_path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    onnx_path.write_bytes(bytes(data))
+
+
+def _version(server: Server) -> str:
+    return httpx.get(f"{server.url}/v2/models/{DROPOUT_MODEL}").json()["versions"][0]
+
+
+def test_tampered_package_refused_at_load_and_failed_reload_keeps_the_old_version(
+    repo_copy: Path, tmp_path: Path, clips: list[dict[str, Path]]
+) -> None:
+    shutil.copytree(repo_copy / DROPOUT_MODEL, repo_copy / "broken")
+    _tamper(repo_copy / "broken" / "1")
+    server = Server(repo_copy, tmp_path / "server.log").start(wait_ready=False)
+    try:
+        # Refused at start-up with a log line naming the file; the server is not ready.
+        server.wait("/v2/models/tiny/ready")
+        assert "model broken: refusing to load" in server.log()
+        assert "model.onnx does not match its sha256" in server.log()
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
+        broken = httpx.get(f"{server.url}/v2/models/broken/ready")
+        assert (broken.status_code, broken.json()["error"]) == (503, "model_not_ready")
+        assert "tampered" in broken.json()["detail"]
+        # Unloading the broken model leaves every wanted model serving: ready.
+        assert httpx.post(f"{server.url}/v2/repository/models/broken/unload").status_code == 200
+        assert server.healthy()
+
+        # Reload picks up a new version without a restart.
+        shutil.copytree(repo_copy / DROPOUT_MODEL / "1", repo_copy / DROPOUT_MODEL / "2")
+        r = httpx.post(f"{server.url}/v2/repository/models/{DROPOUT_MODEL}/load")
+        assert r.status_code == 200 and r.json()["version"] == "2"
+        assert _version(server) == "2"
+
+        # A tampered version 3: the load fails, version 2 keeps serving.
+        shutil.copytree(repo_copy / DROPOUT_MODEL / "1", repo_copy / DROPOUT_MODEL / "3")
+        _tamper(repo_copy / DROPOUT_MODEL / "3")
+        r = httpx.post(f"{server.url}/v2/repository/models/{DROPOUT_MODEL}/load")
+        assert (r.status_code, r.json()["error"]) == (400, "model_load_failed")
+        assert "version 2 keeps serving" in r.json()["detail"]
+        assert _version(server) == "2"
+        predicted = httpx.post(
+            f"{server.url}/v1/models/{DROPOUT_MODEL}/predict", files=upload(clips[0])
+        )
+        assert predicted.status_code == 200 and predicted.json()["model"]["version"] == "2"
+        assert server.healthy()
+
+        # Unload, then the model is known but not serving.
+        r = httpx.post(f"{server.url}/v2/repository/models/{DROPOUT_MODEL}/unload")
+        assert r.status_code == 200
+        r = httpx.post(f"{server.url}/v1/models/{DROPOUT_MODEL}/predict", files=upload(clips[0]))
+        assert (r.status_code, r.json()["error"]) == (503, "model_not_ready")
+        index = httpx.post(f"{server.url}/v2/repository/index").json()
+        assert {e["name"]: e["state"] for e in index}[DROPOUT_MODEL] == "UNLOADED"
+    finally:
+        server.stop()
+
+
+def test_sigterm_answers_every_in_flight_request_before_exit(
+    repo: Path, tmp_path: Path, clips: list[dict[str, Path]]
+) -> None:
+    # A long batching delay holds the 10 requests in the batcher when SIGTERM arrives.
+    env = {"MPLSTM_DEFAULT_MODEL": DROPOUT_MODEL, "MPLSTM_MAX_DELAY_MS": "1500"}
+    server = Server(repo, tmp_path / "server.log", env, command="mplstm").start()
+    url = f"{server.url}/v1/predict"
+    with ThreadPoolExecutor(10) as pool:
+        futures = [
+            pool.submit(httpx.post, url, files=upload(clips[i % 4]), timeout=60) for i in range(10)
+        ]
+        _wait_in_flight(server, 10)
+        status = server.stop()
+        answers = [f.result() for f in futures]
+    assert [r.status_code for r in answers] == [200] * 10
+    # Uvicorn re-raises SIGTERM once it has shut down gracefully.
+    assert status in (0, -signal.SIGTERM), server.log()
+    # The lifespan ran to its end: batchers drained after the last answer went out.
+    assert "shutting down: draining batchers" in server.log()
+    assert " shut down" in server.log()
+
+
+def _wait_in_flight(server: Server, count: int) -> None:
+    """Wait until `count` requests wait in the batcher (its pending-request gauge)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{server.url}/metrics").text
+        depth = re.findall(r"^nv_inference_pending_request_count\{[^}]*\} (\S+)$", text, re.M)
+        if sum(float(d) for d in depth) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{count} requests never waited in the batcher:\n{server.log()}")
