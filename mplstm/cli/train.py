@@ -10,7 +10,9 @@ Train a multi-view model. Settings come from a TOML config ([model], [data], [tr
 [augment]; see configs/), then --set SECTION.KEY=VALUE, then the flags below. Clips are
 decoded once through the core preprocessing path and cached as uint8 .npz. OUT gets
 last.pt and best.pt (best validation accuracy; self-describing checkpoints), config.json,
-history.json, curves.png, and eval-test/ (evaluation of best.pt on the test split)."""
+history.json, curves.png, and eval-test/ (evaluation of best.pt on the test split).
+Runs data-parallel unchanged under torchrun (train.batch_size is the global batch, split
+over the processes; rank 0 writes everything): see docs/training.md."""
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -41,7 +43,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         nargs="?",
         const="last",
         metavar="CHECKPOINT",
-        help="continue a stopped run (default OUT/last.pt) with its saved config",
+        help="continue a stopped run (default OUT/last.pt) with its saved config; 'auto': "
+        "continue OUT/last.pt when it exists (the command's config must match it), else start "
+        "a new run, for jobs that rerun the same command after a failure",
     )
     parser.add_argument(
         "--time-limit",
@@ -60,6 +64,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="split to evaluate best.pt on after training; 'none' to skip (default test)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits on the others (a collective, the "
+        "start-up) before failing, e.g. when a peer died (default 600)",
+    )
     return parser
 
 
@@ -80,10 +91,19 @@ def run(args: argparse.Namespace) -> int:
     from mplstm.core.manifest import ManifestError
     from mplstm.training.checkpoint import CheckpointError
     from mplstm.training.data import DataError
+    from mplstm.training.distributed import DistributedError
     from mplstm.training.train import ConfigError, main
 
+    user_errors = (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        ManifestError,
+        DistributedError,
+        FileNotFoundError,
+    )
     try:
         main(args)
-    except (ConfigError, DataError, CheckpointError, ManifestError, FileNotFoundError) as exc:
+    except user_errors as exc:
         raise CommandError(str(exc)) from exc
     return 0

@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mplstm.core.ranking import top_k
 from mplstm.service.batcher import BatchResult
 from mplstm.service.decode_pool import DecodePool
 from mplstm.service.errors import DeadlineExceededError
@@ -115,5 +116,6 @@ async def infer_tensors(
 
 def top_predictions(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[Prediction]:
     """The k most probable labels, best first (ties in label order)."""
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [Prediction(label=labels[i], score=float(probabilities[i])) for i in order]
+    return [
+        Prediction(label=label, score=score) for label, score in top_k(probabilities, labels, k)
+    ]

@@ -10,6 +10,10 @@ Determinism: weights from `torch.manual_seed(seed)`, the clip order of an epoch 
 (seed, epoch), augmentation from (seed, epoch, clip index); a checkpoint stores the
 torch RNG state and how far into the epoch it is, so a resumed run takes the same steps
 as an uninterrupted one (bit-identical on the same machine and thread count).
+
+Under `torchrun` the same code runs data-parallel (mplstm/training/distributed.py):
+train.batch_size is the global batch, split over the ranks; metrics are summed over the
+ranks; rank 0 alone writes checkpoints, logs and plots; every rank's RNG state is saved.
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ from mplstm.training.data import (
     make_loader,
     pixel_stats,
     read_data_spec,
+)
+from mplstm.training.distributed import (
+    DEFAULT_TIMEOUT_S,
+    GlobalBatchSampler,
+    World,
+    init_world,
+    local_batch_size,
+    shard,
+    shutdown,
+    wrap,
 )
 from mplstm.training.evaluate import accuracy, cross_entropy, evaluate_checkpoint, predict
 from mplstm.training.models import get_model
@@ -187,12 +201,6 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, config: TrainConfig) -
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The clip order of one epoch: a permutation depending only on (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
-
-
 @dataclass
 class EpochState:
     """Running totals of the epoch in progress (saved mid-epoch so a resume continues them)."""
@@ -202,6 +210,12 @@ class EpochState:
     loss_sum: float = 0.0
     correct: int = 0
     seconds: float = 0.0
+
+    def reduced(self, world: World) -> EpochState:
+        """Totals over every rank (batches and time are the same on each: the maximum)."""
+        clips, loss_sum, correct = world.sum([self.clips, self.loss_sum, self.correct])
+        batches, seconds = world.max([self.batches, self.seconds])
+        return EpochState(int(batches), int(clips), loss_sum, int(correct), seconds)
 
     @property
     def loss(self) -> float:
@@ -245,11 +259,18 @@ def train_one_epoch(
     lr_fn: Callable[[int], float],
     config: TrainConfig,
     precision: Precision,
+    sampler: GlobalBatchSampler,
     should_stop: Callable[[], bool] = lambda: False,
     desc: str = "train",
     progress: bool = True,
 ) -> tuple[int, bool]:
-    """Train over `loader`, updating `state` in place; returns (global step, stopped early)."""
+    """Train over `loader`, updating `state` (this rank's totals) in place; returns (global
+    step, stopped early).
+
+    `criterion` gives per-clip losses; `loader` yields this rank's share of `sampler`'s
+    global batches, and a step's loss is the mean over the whole global batch (DDP averages
+    the ranks' gradients, hence the factor W), padding clips weighing nothing.
+    """
     model.train()
     started = time.perf_counter()
     seconds_before = state.seconds
@@ -257,12 +278,14 @@ def train_one_epoch(
     stopped = False
     for batch in bar:
         batch = batch.to(device)
+        weights = sampler.weights(state.batches, len(batch)).to(device)
         lr = lr_fn(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with precision.autocast(device):
             logits = model(batch.frames, batch.view_mask)
-            loss = criterion(logits.float(), batch.labels)
+            losses = criterion(logits.float(), batch.labels) * weights
+            loss = losses.sum() * (sampler.num_replicas / sampler.clips_in(state.batches))
         optimizer.zero_grad(set_to_none=True)
         if precision.scaler is not None:
             precision.scaler.scale(loss).backward()
@@ -277,11 +300,10 @@ def train_one_epoch(
         else:
             optimizer.step()
         step += 1
-        n = len(batch)
         state.batches += 1
-        state.clips += n
-        state.loss_sum += loss.item() * n
-        state.correct += int((logits.argmax(dim=1) == batch.labels).sum())
+        state.clips += int(weights.sum())
+        state.loss_sum += losses.sum().item()
+        state.correct += int(((logits.argmax(dim=1) == batch.labels) & (weights > 0)).sum())
         state.seconds = seconds_before + time.perf_counter() - started
         bar.set_postfix(
             loss=f"{state.loss:.3f}",
@@ -297,12 +319,21 @@ def train_one_epoch(
 
 
 def validate(
-    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader | None,
+    device: torch.device,
+    world: World | None = None,
 ) -> dict[str, float]:
-    """Validation loss and accuracy with every view present."""
-    subset_logits, labels = predict(model, loader, device)
-    (logits,) = subset_logits.values()
-    return {"val_loss": cross_entropy(logits, labels), "val_acc": accuracy(logits, labels)}
+    """Validation loss and accuracy with every view present, over every rank's share
+    (`loader` None: this rank has no validation clip)."""
+    totals = [0.0, 0.0, 0.0]  # loss sum, correct, clips
+    if loader is not None:
+        subset_logits, labels = predict(model, loader, device)
+        (logits,) = subset_logits.values()
+        n = len(labels)
+        totals = [cross_entropy(logits, labels) * n, accuracy(logits, labels) * n, n]
+    loss_sum, correct, clips = (world or World()).sum(totals)
+    return {"val_loss": loss_sum / max(clips, 1), "val_acc": correct / max(clips, 1)}
 
 
 def pick_device(name: str) -> torch.device:
@@ -385,9 +416,16 @@ class Progress:
 
 
 def _settings(args: argparse.Namespace) -> tuple[RunConfig, Path, dict[str, Any] | None]:
-    """The run's config and manifest, and the checkpoint to resume from (None: a new run)."""
+    """The run's config and manifest, and the checkpoint to resume from (None: a new run).
+
+    ``--resume auto`` (for jobs that rerun one command line after a failure) starts a new
+    run, or continues OUT/last.pt when there is one, provided the command asks for the
+    config it was saved with.
+    """
     out: Path = args.out
-    if not args.resume:
+    auto = args.resume == "auto"
+    resume = ("last" if (out / "last.pt").exists() else None) if auto else args.resume
+    if not resume:
         if args.data is None:
             raise ConfigError("--data MANIFEST is required (unless --resume)")
         if (out / "last.pt").exists():
@@ -395,15 +433,20 @@ def _settings(args: argparse.Namespace) -> tuple[RunConfig, Path, dict[str, Any]
                 f"{out} already holds a run: continue it with --resume or pick another --out"
             )
         return load_config(args.config, flag_overrides(args)), Path(args.data), None
-    if args.config or flag_overrides(args):
+    if not auto and (args.config or flag_overrides(args)):
         raise ConfigError(
             "--resume continues with the run's saved config: drop --config/--set/flags"
         )
-    path = out / "last.pt" if args.resume == "last" else Path(args.resume)
+    path = out / "last.pt" if resume == "last" else Path(resume)
     resumed = load_checkpoint(path, "cpu")
     if not resumed.get("train"):
         raise ConfigError(f"{path} holds no training state to resume from")
     config = RunConfig.from_dict(resumed["train"]["config"])
+    if auto and load_config(args.config, flag_overrides(args)) != config:
+        raise ConfigError(
+            f"--resume auto: {path} was trained with another config than this command "
+            "gives; pick another --out, or resume it with --resume alone"
+        )
     return config, Path(args.data or resumed["train"]["manifest"]), resumed
 
 
@@ -454,15 +497,28 @@ def _measure_normalisation(
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or resume), keep best.pt and last.pt, plot curves, evaluate best.pt; return a summary."""
+    """Train (or resume), keep best.pt and last.pt, plot curves, evaluate best.pt; return a summary.
+
+    Under torchrun, every rank runs this; rank 0 alone writes and prints.
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    world = init_world(pick_device(args.device), args.dist_timeout or DEFAULT_TIMEOUT_S)
+    try:
+        return _train(args, world)
+    finally:
+        shutdown(world)
+
+
+def _train(args: argparse.Namespace, world: World) -> dict[str, Any]:
+    """`main` on this rank of `world` (one process: the whole run)."""
+    device = world.device
     out: Path = args.out
     config, manifest, resumed = _settings(args)
     tc = config.train
     if tc.epochs < 1 or tc.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size must be >= 1")
+    local_batch = local_batch_size(tc.batch_size, world)
 
     spec = read_data_spec(manifest)
     if not spec.split("train"):
@@ -476,8 +532,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         meta_from_checkpoint(resumed).preprocess if resumed else _preprocess(config.data, spec)
     )
     if resumed is None:
-        unaugmented = ClipDataset(spec.split("train"), spec.labels, preprocess, cache_dir)
-        preprocess = _measure_normalisation(config.data, preprocess, unaugmented)
+        # Rank 0 measures (and caches what it decodes); the others take its numbers.
+        if world.is_main:
+            unaugmented = ClipDataset(spec.split("train"), spec.labels, preprocess, cache_dir)
+            preprocess = _measure_normalisation(config.data, preprocess, unaugmented)
+        preprocess = world.broadcast(preprocess)
     train_set = ClipDataset(
         spec.split("train"), spec.labels, preprocess, cache_dir, augment, tc.seed
     )
@@ -490,10 +549,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         meta = meta_from_checkpoint(resumed)
         model = get_model(meta.model_name, **meta.model_config)
         model.load_state_dict(resumed["model"]["state_dict"])
-    model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    # `trained` is what steps (DDP under torchrun); `model` the module inside it, which
+    # checkpoints save and validation runs.
+    trained = wrap(model.to(device), world)
+    model = getattr(trained, "module", trained)
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     precision = Precision.for_device(device, tc.amp)
-    criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing, reduction="none")
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     total_steps = tc.epochs * steps_per_epoch
     warmup_steps = max(0, min(round(tc.warmup_epochs * steps_per_epoch), total_steps - 1))
@@ -505,26 +567,38 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if precision.scaler is not None and state.get("scaler"):
             precision.scaler.load_state_dict(state["scaler"])
         progress = Progress.from_dict(state["progress"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        print(
-            f"resuming {out} at epoch {progress.epochs_done(steps_per_epoch):g}, step {progress.step}"
+        if not world.is_main:
+            # The saved epoch totals are every rank's: rank 0 carries them on, alone.
+            saved = progress.current
+            progress.current = EpochState(batches=saved.batches, seconds=saved.seconds)
+        rng = state.get("rank_rng") or [{"cpu": state["torch_rng"], "cuda": state.get("cuda_rng")}]
+        world.restore_rng(rng, tc.seed, progress.step)
+        world.log(
+            f"resuming {out} at epoch {progress.epochs_done(steps_per_epoch):g}, step "
+            f"{progress.step} on {world.size} process(es)"
         )
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        print(
+        if world.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        world.restore_rng(None, tc.seed)
+        world.log(
             f"training {meta.model_name} ({sum(p.numel() for p in model.parameters()):,} "
             f"parameters) on {len(train_set)} clips, {len(spec.labels)} classes, views "
             f"{list(spec.view_names)}; mean {tuple(round(m, 4) for m in preprocess.mean)} std "
             f"{tuple(round(s, 4) for s in preprocess.std)}; flip "
             f"{'on' if augment.flips else 'off'}; device {device}"
+            + (f", {world.size} processes" if world.distributed else "")
         )
-    (out / "config.json").write_text(
-        json.dumps({"manifest": str(manifest), **config.to_dict()}, indent=2) + "\n"
-    )
+    if world.is_main:
+        (out / "config.json").write_text(
+            json.dumps({"manifest": str(manifest), **config.to_dict()}, indent=2) + "\n"
+        )
 
-    def save(name: str, metrics: dict[str, float]) -> Path:
+    def save(names: Sequence[str], metrics: dict[str, float]) -> None:
+        """Every rank hands in its RNG state; rank 0 writes the checkpoints."""
+        rng = world.rng_states()
+        if not world.is_main:
+            return
         meta.epoch = progress.epochs_done(steps_per_epoch)
         meta.step = progress.step
         meta.metrics = metrics
@@ -534,27 +608,39 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "progress": progress.to_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": precision.scaler.state_dict() if precision.scaler else None,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "torch_rng": rng[0]["cpu"],
+            "cuda_rng": rng[0]["cuda"],
+            "world_size": world.size,
+            "rank_rng": rng,
         }
-        return save_checkpoint(out / name, model, meta, train_state)
+        for name in names:
+            save_checkpoint(out / name, model, meta, train_state)
 
     deadline = math.inf if args.time_limit is None else time.monotonic() + args.time_limit * 60
-    val_loader = make_loader(val_set, tc.batch_size, tc.workers) if len(val_set) else None
+
+    def should_stop() -> bool:
+        # Decided together: a rank that stopped alone would leave the others waiting.
+        return args.time_limit is not None and world.any(time.monotonic() >= deadline)
+
+    val_order = shard(len(val_set), world)
+    val_loader = make_loader(val_set, local_batch, tc.workers, val_order) if val_order else None
     stopped = False
     while progress.epoch < tc.epochs and not stopped:
         # The epoch's order depends on (seed, epoch) only; a resumed epoch skips what it did.
-        order = epoch_order(len(train_set), tc.seed, progress.epoch)
+        sampler = GlobalBatchSampler(
+            len(train_set), world, tc.batch_size, tc.seed, progress.current.batches
+        )
+        sampler.set_epoch(progress.epoch)
         train_set.set_epoch(progress.epoch)
         loader = make_loader(
             train_set,
-            tc.batch_size,
+            sampler.local_batch,
             tc.workers,
-            order[progress.current.batches * tc.batch_size :],
+            list(sampler),
             pin_memory=device.type == "cuda",
         )
         progress.step, stopped = train_one_epoch(
-            model,
+            trained,
             loader,
             optimizer,
             criterion,
@@ -564,11 +650,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             lr_fn=lambda step: lr_at(step, total_steps, warmup_steps, tc),
             config=tc,
             precision=precision,
-            should_stop=lambda: time.monotonic() >= deadline,
+            sampler=sampler,
+            should_stop=should_stop,
             desc=f"epoch {progress.epoch + 1}/{tc.epochs}",
-            progress=not args.no_progress,
+            progress=world.is_main and not args.no_progress,
         )
-        current = progress.current
+        current = progress.current = progress.current.reduced(world)
         row = {
             "epoch": progress.epochs_done(steps_per_epoch),
             "step": progress.step,
@@ -576,13 +663,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "train_acc": current.acc,
             "clips_per_s": current.clips / max(current.seconds, 1e-9),
         }
-        if val_loader is not None:
-            row.update(validate(model, val_loader, device))
+        if len(val_set):
+            row.update(validate(model, val_loader, device, world))
         progress.history.append(row)
         if current.batches >= steps_per_epoch:
             progress.epoch, progress.current = progress.epoch + 1, EpochState()
         best = progress.best
-        improved = val_loader is None or (row["val_acc"], -row["val_loss"]) > (
+        improved = not len(val_set) or (row["val_acc"], -row["val_loss"]) > (
             best["val_acc"],
             -best["val_loss"],
         )
@@ -593,9 +680,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "val_loss": row.get("val_loss", math.nan),
                 "epoch": row["epoch"],
             }
-            save("best.pt", metrics)
-        save("last.pt", metrics)
-        print(_epoch_line(row, tc.epochs, improved))
+        save(["best.pt", "last.pt"] if improved else ["last.pt"], metrics)
+        world.log(_epoch_line(row, tc.epochs, improved))
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "stopped_early": stopped,
+        "best": progress.best,
+        "step": progress.step,
+        "world_size": world.size,
+    }
+    if not world.is_main:
+        return summary
     (out / "history.json").write_text(json.dumps(progress.history, indent=2) + "\n")
     plot_curves(progress.history, out / "curves.png")
     if stopped:
@@ -603,12 +698,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             f"time limit reached: stopped at step {progress.step}; "
             f"continue with: mplstm train --out {out} --resume"
         )
-    summary: dict[str, Any] = {
-        "out": str(out),
-        "stopped_early": stopped,
-        "best": progress.best,
-        "step": progress.step,
-    }
     if args.eval_split != "none" and spec.split(args.eval_split):
         report, paths = evaluate_checkpoint(
             out / "best.pt",

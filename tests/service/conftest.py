@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_helpers import SHARED_ENV, Server, build_packages, write_clip
+from live_server import Server
+from service_helpers import SHARED_ENV, build_packages, write_clip
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ import av
 import httpx
 import numpy as np
 import pytest
-from service_helpers import DROPOUT_MODEL, SHARED_ENV, Server, upload, write_clip
+from live_server import Server
+from service_helpers import DROPOUT_MODEL, SHARED_ENV, upload, write_clip
 
 from mplstm.core.contact_sheet import write_png
 from mplstm.core.video_writer import write_video
@@ -182,4 +183,35 @@ def test_bad_request_is_a_4xx_in_the_error_shape(server: Server, case: str) -> N
     r = send(server.url)
     assert r.status_code == status, r.text
     assert set(r.json()) == {"error", "detail"} and r.json()["error"] == code
+    assert server.healthy()
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kib * 1024
+
+
+def test_memory_stays_bounded_over_repeated_bombs_and_oversized_bodies(
+    server: Server, corpus: dict[str, tuple[Files, int, str]]
+) -> None:
+    assert server.process is not None
+    url = f"{server.url}/v1/models/{DROPOUT_MODEL}/predict"
+    limit = int(SHARED_ENV["MPLSTM_MAX_UPLOAD_BYTES"])
+
+    def round_of_bad_input() -> None:
+        for case in ("frame_count_bomb", "resolution_bomb", "random_bytes"):
+            files, status, _ = corpus[case]
+            assert httpx.post(url, files=files, timeout=30).status_code == status
+        big = {"front": ("a.mp4", np.random.default_rng(2).bytes(limit * 2), "video/mp4")}
+        assert httpx.post(url, files=big, timeout=30).status_code == 413
+
+    round_of_bad_input()  # allocator pools and imports settle in the first round
+    before = _rss_bytes(server.process.pid)
+    for _ in range(5):
+        round_of_bad_input()
+    growth = _rss_bytes(server.process.pid) - before
+    # Five more rounds sent ~20 MB of bodies and asked for ~10^9 decoded pixels; a leak of
+    # either would show as tens of MB at least.
+    assert growth < 24 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB"
     assert server.healthy()

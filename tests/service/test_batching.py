@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_helpers import DROPOUT_MODEL, FRAMES, SIZE, VIEWS, Server, upload
+from live_server import Server
+from service_helpers import DROPOUT_MODEL, FRAMES, SIZE, VIEWS, upload
 
 from mplstm.core.package import load_package
 from mplstm.service.backends.onnxruntime import OnnxRuntimeBackend

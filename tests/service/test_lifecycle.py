@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from service_helpers import DROPOUT_MODEL, Server, upload
+from live_server import Server
+from service_helpers import DROPOUT_MODEL, upload
 
 
 def test_api_keys_guard_every_route_but_health_and_metrics(

@@ -8,7 +8,8 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from service_helpers import DROPOUT_MODEL, FULL_MODEL, LABELS, VIEWS, Server, upload
+from live_server import Server
+from service_helpers import DROPOUT_MODEL, FULL_MODEL, LABELS, VIEWS, upload
 from tritonclient.utils import InferenceServerException
 
 from mplstm.core.package import load_package

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnxruntime as ort
-from service_helpers import DROPOUT_MODEL, FULL_MODEL, LABELS, VIEWS, Server, upload
+from live_server import Server
+from service_helpers import DROPOUT_MODEL, FULL_MODEL, LABELS, VIEWS, upload
 
 from mplstm.core.package import ONNX_NAME, load_package
 from mplstm.core.preprocess import load_clip

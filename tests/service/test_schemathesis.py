@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service_helpers import Server
+from live_server import Server
 
 MAX_EXAMPLES = 20  # per operation; bounded so the run stays well under a minute on 2 cores
 
