@@ -66,7 +66,7 @@ def _corpus(tmp: Path, clip: dict[str, Path]) -> dict[str, tuple[Files, int, str
         ),
         # FFmpeg opens a PNG as a one-frame video; one still frame covers no time span,
         # so it cannot be in sync with real views.
-        "image_renamed_mp4": (_with_front(clip, "a.mp4", png), 422, "views_out_of_sync"),
+        "image_renamed_mp4": (_with_front(clip, "a.mp4", png), 415, "still_image"),
         "audio_only": (
             _with_front(clip, "a.mp4", _audio_only(tmp / "audio.mp4")),
             415,
