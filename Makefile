@@ -47,8 +47,23 @@ format: venv
 test: venv lint deploy-tools
 	$(BIN)/pytest -q
 
-bench: venv
+# Triton's side of bench/serve.py: nvidia-pytriton needs numpy<2, so it has its own venv.
+TRITON_VENV := .venv-triton
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet nvidia-pytriton==0.7.0 numpy==1.26.4 onnxruntime==1.31.1
+	touch $@
+
+# Every benchmark, one after the other (about 25 minutes on 2 cores); each rewrites its
+# own section of docs/benchmarks.md. Run on a quiet machine.
+bench: venv $(TRITON_VENV)/.installed
 	$(BIN)/python bench/decode.py
+	$(BIN)/python -m bench.cell
+	$(BIN)/python bench/onnx_cell.py
+	$(BIN)/python bench/model.py
+	$(BIN)/python bench/score.py --model models/demo-lipreading
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/ddp.py
 
 # The embedded demo packages, rebuilt from synthetic data with fixed seeds and epochs
 # (about 10 minutes each on 2 cores). Each package records the accuracy of its exported
