@@ -171,8 +171,20 @@ def plot(results: Results, path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(results: Results, spinning: bool, rounds: int) -> str:
+def markdown(results: Results, spinning: bool, rounds: int, load: tuple[float, float]) -> str:
+    """The docs section; `load` is the 1-minute load average before and after the run."""
     mp, eager, lstm = IMPLEMENTATIONS
+    cores = len(os.sched_getaffinity(0))
+    busy = max(load) > cores
+    load_note = (
+        f"Load average {load[0]:.1f} before and {load[1]:.1f} after the run on {cores} cores"
+        + (
+            ": the machine was busy with other jobs, so absolute times are inflated and ratios "
+            "move by ~±0.3 between runs."
+            if busy
+            else "."
+        )
+    )
     rows = [
         f"| {t} | {b} | {r[mp]:.2f} | {r[eager]:.2f} | {r[lstm]:.2f} | "
         f"**{r[mp] / r[lstm]:.2f}x** | {r[eager] / r[mp]:.2f}x |"
@@ -197,8 +209,9 @@ def markdown(results: Results, spinning: bool, rounds: int) -> str:
             "",
             "The projection (one prepacked MatMul per view) costs about what the LSTM op's input "
             "GEMM does; the gap is the recurrence: ORT runs the Scan body's 23 small nodes per "
-            "step (P=5) where its LSTM op runs one fused kernel, which weighs most at B=1. The "
-            "machine is shared with other jobs: ratios move by ~±0.3 between runs.",
+            "step (P=5) where its LSTM op runs one fused kernel, which weighs most at B=1. "
+            "The alternatives tried against this body, and why none was kept, are listed in "
+            "the docstring of `mplstm/export/onnx_cell.py`. " + load_note,
             "",
             f"Rerun: `{COMMAND}`. Machine: {report.machine()}. Date: {report.today()}. "
             f"onnxruntime {ort.__version__}, torch {torch.__version__}.",
@@ -224,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     results: Results = {}
+    load_before = os.getloadavg()[0]
     for threads in args.threads:
         for batch, r in measure(args.batch_sizes, args.rounds, threads, args.spinning).items():
             results[(threads, batch)] = r
-    text = markdown(results, args.spinning, args.rounds)
+    text = markdown(results, args.spinning, args.rounds, (load_before, os.getloadavg()[0]))
     print(text)
     if not args.no_write:
         plot(results, report.plot_path("onnx_cell"))

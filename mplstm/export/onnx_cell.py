@@ -39,6 +39,24 @@ How the body is built, because per-step node overhead dominates on the CPU (§6)
   saves the 2 of tanh = 2σ(2x) - 1 on the candidate.
 - One view without peepholes (every layer after the first): an MP-LSTM is then an
   LSTM, and the body is ONNX's LSTM op, as fast as ONNX Runtime's LSTM.
+
+Tried against this body (bench/onnx_cell.py, P=5, D=U=256, T=30, ORT 1.31, 2 busy
+cores) and not kept, because none was faster at every batch size:
+- The closed-form memory chain (Π f as Exp of one reverse CumSum of Log f over views,
+  plus a slot that carries c_{t-1}: 17 nodes a step instead of 23). It was 5% slower at
+  B=1 and 7-13% slower at B=8 and 32 on 2 threads. ORT's Log costs ~2 ns an element
+  (Exp 0.2 ns), and at B=1 Log, CumSum and Where each cost more than the Mul/Add pairs
+  they replace.
+- Per-view scan inputs concatenated inside the body, with the bias in a Gemm and the
+  view mask as an extra input column whose weight row saturates the gates. This drops
+  the Concat and Add passes over the [T, P, B, 4U] projections, but gained only 2-4% at
+  B=8 and 32 (within noise) and was 8% slower at B=1 (one more node and four more scan
+  inputs per step).
+- The floor at B=1: with the memory chain removed entirely (not a valid layer) the
+  layer still takes 1.5x (1 thread) to 1.7x (2 threads) ORT's LSTM op. Each step pays
+  the recurrent GEMV (~15 µs, more when 2 threads split it) plus ~1.3 µs for each
+  remaining node. Meeting the 1.5x target at B=1 therefore needs a fused kernel
+  (the TensorRT plugin, or an ORT custom op), not a different ONNX body.
 """
 
 from __future__ import annotations
@@ -228,8 +246,8 @@ def _scan_body(config: CellConfig, outer: dict[str, str]) -> onnx.GraphProto:
     ig_half = g("Mul", i, g("Sub", s_g, outer["HALF"]))  # i ⊙ tanh(z_g) / 2
     # The memory chain over views, c^(j) = f^j c^(j-1) + i^j g^j, on c/2. A closed form,
     # Π f ⊙ c + Σ_j (Π_{k>j} f^k) i^j g^j with the products from one CumSum of log f,
-    # has a node count independent of P but measured no faster at P = 5 and costs a
-    # Log and an Exp per gate value.
+    # has a node count independent of P. At P = 5 it was no faster (module docstring):
+    # ORT's Log and CumSum cost more than the 2P small nodes they replace.
     ch = "ch_prev"
     views = config.num_views
     for f_j, ig_j in zip(g.split(f, views, 0), g.split(ig_half, views, 0), strict=True):

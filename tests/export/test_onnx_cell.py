@@ -164,3 +164,19 @@ def test_node_with_wrong_input_count_is_refused() -> None:
             U,
             CellConfig(P, peepholes=True),
         )
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
+def test_each_scan_step_runs_one_recurrent_matmul_per_direction_and_one_sigmoid(
+    bidirectional: bool,
+) -> None:
+    # DESIGN.md §6: per-step node overhead dominates on the CPU, so each step runs one
+    # recurrent GEMM per direction and one Sigmoid over every view's gates. The candidate's
+    # tanh comes from that Sigmoid, so the step's only Tanh is the one on c_t.
+    function = onnx_cell.build_function(CellConfig(P, bidirectional=bidirectional))
+    (scan,) = [n for n in function.node if n.op_type == "Scan"]
+    (body,) = [onnx.helper.get_attribute_value(a) for a in scan.attribute if a.name == "body"]
+    ops = [n.op_type for n in body.node]
+    assert ops.count("MatMul") == (2 if bidirectional else 1)
+    assert ops.count("Sigmoid") == 1
+    assert ops.count("Tanh") == 1
