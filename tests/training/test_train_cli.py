@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,8 @@ def test_training_writes_self_describing_checkpoints_curves_and_an_evaluation(
     assert meta.preprocess.view_names == meta.view_names
     # The config file's view dropout and the overrides reached the model; mean/std were
     # measured ("auto") and are the same in the preprocessing and in the model.
-    assert meta.model_config["view_dropout"] == 0.2
+    config_file = tomllib.loads((CONFIGS / "mplstm_lipreading.toml").read_text())
+    assert meta.model_config["view_dropout"] == config_file["model"]["view_dropout"]
     assert meta.model_config["hidden_size"] == 8
     assert tuple(meta.model_config["mean"]) == tuple(meta.preprocess.mean) != (0.0,)
     best_epoch = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))["epoch"]

@@ -8,8 +8,9 @@ How the class information is split across views (see `mouth` for the geometry):
 - Lip reading. Word w = (a, b) with a = w % 5 and b = w // 5. `a` is what the tongue and
   teeth do inside the mouth: visible through the opening from 0 and +-30 degrees, occluded
   from 42 degrees on. `b` is a lip-protrusion pattern: depth, so it shows only in the
-  silhouette of the +-90 degree views. The opening and width of the mouth, seen by every
-  view, are random babble that carries no word. With 10 words the frontal group can tell
+  silhouette of the +-90 degree views, where the lips push out into a funnel that changes
+  about as many pixels as the interior patterns change frontally. The opening and width of
+  the mouth, seen by every view, are random babble that carries no word. With 10 words the frontal group can tell
   at most 5 classes apart and the profile group 2, but every factor is seen by at least
   two views, so the full set is needed and losing any one view costs little.
 - Identity. Speaker id k has a teeth-gap pattern k % 5 (frontal views) and a lip/chin

@@ -35,10 +35,10 @@ _TEETH: tuple[tuple[tuple[float, float], ...], ...] = (
 )
 _PROTRUSION: tuple[tuple[tuple[float, float], ...], ...] = (
     (),  # lips stay back
-    ((0.5, 0.13),),  # rounded in the middle
-    ((0.25, 0.1),),  # early
-    ((0.75, 0.1),),  # late
-    ((0.2, 0.08), (0.8, 0.08)),  # twice
+    ((0.5, 0.18),),  # rounded in the middle, for long: the only pattern of 10 words
+    ((0.25, 0.11),),  # early
+    ((0.75, 0.11),),  # late
+    ((0.2, 0.09), (0.8, 0.09)),  # twice
 )
 
 
