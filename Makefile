@@ -66,7 +66,7 @@ bench: venv $(TRITON_VENV)/.installed
 	$(BIN)/python bench/ddp.py
 
 # The embedded demo packages, rebuilt from synthetic data with fixed seeds and epochs
-# (about 10 minutes each on 2 cores). Each package records the accuracy of its exported
+# (a few minutes each on 2 quiet cores). Each package records the accuracy of its exported
 # ONNX model on its example clips (models/examples/TASK: unseen speakers for lip reading,
 # unseen recordings of the training speakers for identity), which a test re-measures.
 DEMO_DATA := data/demo-models
