@@ -28,6 +28,9 @@ _FORBIDDEN_IN_SERVING = re.compile(
     r"\btorch\b|\[[^\]]*\b(export|train|dev)\b[^\]]*\]|build-essential|\bgcc\b|\bg\+\+"
 )
 
+# A RUN that removes packages (the GPU base image's compilers) names them without installing.
+_PURGE = re.compile(r"\s*apt-get purge ")
+
 
 @pytest.fixture(params=DOCKERFILES)
 def dockerfile(request: pytest.FixtureRequest) -> Dockerfile:
@@ -168,6 +171,15 @@ def test_serving_stages_install_no_torch_and_no_compiler(dockerfile: Dockerfile)
     for stage in serving_stages(dockerfile):
         for link in stage_chain(dockerfile, stage):
             for instruction in link.instructions:
-                if instruction.keyword == "RUN":
+                if instruction.keyword == "RUN" and not _PURGE.match(instruction.text):
                     hit = _FORBIDDEN_IN_SERVING.search(instruction.text)
                     assert hit is None, f"serving stage {link.name} installs {hit.group(0)!r}"
+
+
+def test_gpu_serving_image_removes_the_compilers_its_base_image_ships() -> None:
+    dockerfile = parse_dockerfile(REPO / "Dockerfile.gpu")
+    runtime = dockerfile.stage("runtime")
+    purges = [i.text for i in runtime.instructions if i.keyword == "RUN" and _PURGE.match(i.text)]
+    assert purges, "the runtime stage keeps NVIDIA's development compilers"
+    assert "gcc" in purges[0] and "cuda-nvcc" in purges[0]
+    assert "--auto-remove" not in purges[0]  # could take CUDA runtime libraries along
