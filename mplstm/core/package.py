@@ -221,16 +221,24 @@ def read_package_manifest(folder: str | Path) -> PackageManifest:
         raise PackageError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from exc
 
 
-def verify_files(folder: str | Path, manifest: PackageManifest) -> None:
-    """Check every listed file's sha256; PackageError naming each missing or changed file."""
+def file_problems(folder: str | Path, manifest: PackageManifest) -> dict[str, str | None]:
+    """Each listed file → None when its sha256 matches, else what is wrong with it."""
     folder = Path(folder)
-    problems = []
+    problems: dict[str, str | None] = {}
     for relative, expected in sorted(manifest.files.items()):
         path = folder / relative
         if not path.is_file():
-            problems.append(f"{relative} is missing")
+            problems[relative] = "missing"
         elif sha256_file(path) != expected:
-            problems.append(f"{relative} does not match its sha256 in {MANIFEST_NAME}")
+            problems[relative] = f"does not match its sha256 in {MANIFEST_NAME}"
+        else:
+            problems[relative] = None
+    return problems
+
+
+def verify_files(folder: str | Path, manifest: PackageManifest) -> None:
+    """Check every listed file's sha256; PackageError naming each missing or changed file."""
+    problems = [f"{f} {p}" for f, p in file_problems(folder, manifest).items() if p is not None]
     if ONNX_NAME not in manifest.files:
         problems.append(f"the manifest lists no {ONNX_NAME}")
     if problems:

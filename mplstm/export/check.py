@@ -21,11 +21,12 @@ from mplstm.core.package import (
     ONNX_NAME,
     EngineInfo,
     ModelPackage,
+    PackageError,
+    PackageManifest,
+    file_problems,
     read_package_manifest,
-    sha256_file,
-    verify_files,
 )
-from mplstm.export.package import ParityCase, parity_cases, random_inputs
+from mplstm.export.package import ParityCase, onnx_session, parity_cases, random_inputs
 
 FP16_TOLERANCE = 5e-2  # logits; fp16 keeps ~3 significant digits through the recurrence
 
@@ -39,12 +40,6 @@ class CheckRow:
     detail: str
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _inputs(package: ModelPackage) -> list[tuple[ParityCase, np.ndarray, np.ndarray]]:
     manifest = package.manifest
     pre = manifest.preprocess
@@ -53,17 +48,13 @@ def _inputs(package: ModelPackage) -> list[tuple[ParityCase, np.ndarray, np.ndar
     return [(c, *random_inputs(c, *shape, seed=100 + i)) for i, c in enumerate(cases)]
 
 
-def _hash_rows(folder: Path, files: dict[str, str]) -> list[CheckRow]:
-    rows = []
-    for relative, expected in sorted(files.items()):
-        path = folder / relative
-        if not path.is_file():
-            rows.append(CheckRow(relative, "FAILED", "missing"))
-        elif sha256_file(path) != expected:
-            rows.append(CheckRow(relative, "FAILED", "sha256 differs from the manifest"))
-        else:
-            rows.append(CheckRow(relative, "ok", f"sha256 {expected[:12]}…"))
-    return rows
+def _hash_rows(folder: Path, manifest: PackageManifest) -> list[CheckRow]:
+    return [
+        CheckRow(relative, "FAILED", problem)
+        if problem
+        else CheckRow(relative, "ok", f"sha256 {manifest.files[relative][:12]}…")
+        for relative, problem in file_problems(folder, manifest).items()
+    ]
 
 
 def _compare(
@@ -111,13 +102,14 @@ def check_package(folder: str | Path) -> list[CheckRow]:
     """The check table for a package folder (hashes first; runtimes only if files are intact)."""
     folder = Path(folder)
     manifest = read_package_manifest(folder)
-    rows = _hash_rows(folder, manifest.files)
+    rows = _hash_rows(folder, manifest)
     if any(r.status == "FAILED" for r in rows):
         return rows
-    verify_files(folder, manifest)
-    package = ModelPackage(folder, manifest)
+    if ONNX_NAME not in manifest.files:
+        raise PackageError(f"{folder}: the manifest lists no {ONNX_NAME}")
+    package = ModelPackage(folder, manifest)  # every file was just verified
     inputs = _inputs(package)
-    session = _session(folder / ONNX_NAME)
+    session = onnx_session(folder / ONNX_NAME)
     reference = []
     healthy = True
     for _, clip, mask in inputs:
@@ -135,7 +127,7 @@ def check_package(folder: str | Path) -> list[CheckRow]:
         )
     )
     if ONNX_FP16_NAME in manifest.files:
-        fp16 = _session(folder / ONNX_FP16_NAME)
+        fp16 = onnx_session(folder / ONNX_FP16_NAME)
         rows.append(
             _compare(
                 ONNX_FP16_NAME,

@@ -101,7 +101,8 @@ def random_inputs(
     return clip, mask
 
 
-def _onnx_session(path: Path) -> ort.InferenceSession:
+def onnx_session(path: Path) -> ort.InferenceSession:
+    """A CPU ONNX Runtime session on `path`, quiet about graph-optimisation warnings."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -115,7 +116,7 @@ def check_parity(
     tolerance: float,
 ) -> dict[str, Any]:
     """PyTorch vs ONNX Runtime on every case: max abs diff of logits and argmax agreement."""
-    session = _onnx_session(onnx_path)
+    session = onnx_session(onnx_path)
     views, channels, height, width = shape
     results = []
     for i, case in enumerate(cases):
@@ -238,7 +239,7 @@ def evaluate_onnx(
     unknown = sorted({r.label for r in records} - set(index))
     if unknown:
         raise ExportError(f"{data}: labels {unknown} are not among the model's labels")
-    session = _onnx_session(onnx_path)
+    session = onnx_session(onnx_path)
     correct = 0
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]

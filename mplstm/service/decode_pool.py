@@ -34,17 +34,7 @@ class DecodePool:
         """`load_clip` in a worker thread, under the service's decode limits."""
         config = dataclasses.replace(config, limits=self.limits)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _load, views, config)
+        return await loop.run_in_executor(self._executor, load_clip, views, config)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _load(views: Mapping[str, ViewSource], config: PreprocessConfig) -> Clip:
-    # Uploads are spooled files opened "w+b"; PyAV takes a file object's mode from it and
-    # would open an output container, so each is read to bytes here (the body limit
-    # bounds them), in the worker thread rather than on the event loop.
-    sources = {
-        name: source.read() if hasattr(source, "read") else source for name, source in views.items()
-    }
-    return load_clip(sources, config)
