@@ -32,8 +32,7 @@ def machine() -> str:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores usable, Python {sys.version.split()[0]}, {platform.system()}"
+    return f"{cpu}, {cores()} cores usable, Python {sys.version.split()[0]}, {platform.system()}"
 
 
 def today() -> str:
@@ -60,3 +59,8 @@ def plot_path(name: str) -> Path:
     """Where a benchmark saves its plot (linked from its section as plots/NAME.png)."""
     PLOTS_DIR.mkdir(parents=True, exist_ok=True)
     return PLOTS_DIR / f"{name}.png"
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -10,8 +10,13 @@ once per `mplstm score` run (about a second each to import PyAV and numpy). The 
 the share of time in decode vs inference; the pipeline's decode time is summed over
 its workers. Target: >= 1.8x the naive loop with 2 decode workers on 2 cores.
 
-Run: .venv/bin/python bench/score.py [--model models/demo-lipreading] [--clips 60]
-     [--rounds 3] [--batch-size 8] [--no-write]
+The same clips are written at several source sizes (the model input stays the
+package's): how much a pipeline can gain depends on decode's share of the work, so
+each size also reports its bound, the clips/s of every core busy with decode and
+batched inference and nothing else (CPU times measured here, one process).
+
+Run: .venv/bin/python bench/score.py [--model models/demo-lipreading] [--clips 40]
+     [--rounds 2] [--batch-size 8] [--sizes 64 192 320] [--no-write]
 """
 
 from __future__ import annotations
@@ -125,64 +130,132 @@ def measure(methods: list[Method], rounds: int) -> None:
                 method.inference_s.append(inference)
 
 
-def plot(methods: list[Method], clips: int, path: Path, title: str) -> None:
+def bound(
+    records: list[ClipRecord], backend: Backend, config: PreprocessConfig, batch: int
+) -> tuple[float, float, float]:
+    """(decode CPU s per clip, inference CPU s per clip at `batch`, bound clips/s on every core)."""
+    start = time.process_time()
+    clips = [load_clip(dict(record.views), config) for record in records]
+    decode = (time.process_time() - start) / len(clips)
+    frames = np.stack([clip.frames for clip in clips])
+    masks = np.stack([clip.view_mask for clip in clips])
+    backend.infer(frames[:batch], masks[:batch])  # warm-up
+    start = time.process_time()
+    for i in range(0, len(clips), batch):
+        backend.infer(frames[i : i + batch], masks[i : i + batch])
+    inference = (time.process_time() - start) / len(clips)
+    return decode, inference, report.cores() / (decode + inference)
+
+
+@dataclass
+class SizeResult:
+    """Every method's rounds, and the bound, for clips of one source size."""
+
+    size: int
+    clips: int
+    methods: list[Method]
+    decode_cpu_s: float
+    inference_cpu_s: float
+    bound: float
+
+    def naive(self) -> float:
+        return self.methods[0].clips_per_s(self.clips)
+
+    def best(self) -> float:
+        return self.methods[-1].clips_per_s(self.clips) / self.naive()
+
+
+def plot(results: list[SizeResult], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    naive = methods[0].clips_per_s(clips)
-    rates = [m.clips_per_s(clips) for m in methods]
+    names = [m.name for m in results[0].methods[1:]] + ["bound (every core busy)"]
     fig, ax = plt.subplots(figsize=(8, 4))
-    bars = ax.barh([m.name for m in methods][::-1], rates[::-1], color="#4c72b0")
-    for bar, rate in zip(bars, rates[::-1], strict=True):
-        ax.annotate(
-            f" {rate:.1f} clips/s ({rate / naive:.2f}×)",
-            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-            va="center",
-            fontsize=9,
-        )
-    ax.axvline(TARGET * naive, color="#c44e52", linestyle="--", label=f"target {TARGET:g}× naive")
-    ax.set_xlim(0, max(rates) * 1.45)
-    ax.set_xlabel("clips/s (median round)")
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        ratios = [
+            (r.methods[k + 1].clips_per_s(r.clips) if k + 1 < len(r.methods) else r.bound)
+            / r.naive()
+            for r in results
+        ]
+        xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(results))]
+        bars = ax.bar(xs, ratios, width, label=name, hatch="//" if "bound" in name else None)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.axhline(TARGET, color="#c44e52", linestyle="--", label=f"target {TARGET:g}×")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(results)), [f"{r.size}x{r.size} source" for r in results])
+    ax.set_ylabel("clips/s ÷ naive loop's")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylim(0, 2.6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def markdown(
-    methods: list[Method], clips: int, rounds: int, package: ModelPackage, args: argparse.Namespace
+    results: list[SizeResult], rounds: int, package: ModelPackage, args: argparse.Namespace
 ) -> str:
-    naive = methods[0].clips_per_s(clips)
-    best = methods[-1].clips_per_s(clips) / naive
     pre = package.manifest.preprocess_config()
-    verdict = "met" if best >= TARGET else "**not met**"
+    sizes = " ".join(str(r.size) for r in results)
+    met = [r for r in results if r.best() >= TARGET]
+    verdict = (
+        "met at " + ", ".join(f"{r.size}x{r.size} ({r.best():.2f}×)" for r in met)
+        if met
+        else "**not met**"
+    )
+    missed = [r for r in results if r.best() < TARGET]
+    if met and missed:
+        verdict += "; **not met** at " + ", ".join(
+            f"{r.size}x{r.size} ({r.best():.2f}×, bound {r.bound / r.naive():.2f}×)" for r in missed
+        )
     lines = [
         "## Batch scoring: pipelined `mplstm score` vs a naive loop",
         "",
-        f"{report.machine()}, {report.today()}. `{COMMAND} --clips {clips} --rounds {rounds} "
-        f"--batch-size {args.batch_size}`.",
+        f"{report.machine()}, {report.today()}. `{COMMAND} --clips {results[0].clips} "
+        f"--rounds {rounds} --batch-size {args.batch_size} --sizes {sizes}`.",
         "",
-        f"Model {package.name}/{package.version} on ONNX Runtime (CPU), {len(pre.view_names or ())} "
-        f"views of {args.size}x{args.size} synthetic H.264 clips → T = {pre.frames}, "
-        f"{pre.height}x{pre.width}; {clips} clips, {rounds} rounds with the methods "
-        "alternating; clips/s from the median round (decode workers started once, before "
-        "the warm-up round). "
-        f"Target ≥ {TARGET:g}× the naive loop with 2 decode workers: {verdict} ({best:.2f}×).",
+        f"Model {package.name}/{package.version} on ONNX Runtime (CPU, its default threads), "
+        f"{len(pre.view_names or ())} views of synthetic H.264 clips at each source size, "
+        f"decoded to the model's T = {pre.frames}, {pre.height}x{pre.width}; "
+        f"{results[0].clips} clips per size, {rounds} rounds with the methods alternating; "
+        "clips/s from the median round (decode workers started once, before the warm-up "
+        f"round). Target ≥ {TARGET:g}× the naive loop with 2 decode workers: {verdict}.",
         "",
-        "| method | clips/s | × naive | decode share of decode + inference time |",
-        "| --- | ---: | ---: | ---: |",
+        "| source | method | clips/s | × naive | decode share of decode + inference time |",
+        "| --- | --- | ---: | ---: | ---: |",
     ]
-    for m in methods:
-        rate = m.clips_per_s(clips)
-        lines.append(f"| {m.name} | {rate:.1f} | {rate / naive:.2f}× | {m.decode_share():.0%} |")
+    for r in results:
+        for m in r.methods:
+            rate = m.clips_per_s(r.clips)
+            lines.append(
+                f"| {r.size}x{r.size} | {m.name} | {rate:.1f} | {rate / r.naive():.2f}× "
+                f"| {m.decode_share():.0%} |"
+            )
+        lines.append(
+            f"| {r.size}x{r.size} | bound: {report.cores()} cores / ({r.decode_cpu_s * 1e3:.1f} ms "
+            f"decode + {r.inference_cpu_s * 1e3:.1f} ms inference CPU per clip) "
+            f"| {r.bound:.1f} | {r.bound / r.naive():.2f}× | |"
+        )
     lines += [
         "",
         "Decode share: the naive loop's own split of its time; for the pipeline, decode "
         "seconds summed over its worker processes against the main process's inference "
         "seconds (they overlap, which is the point).",
+        "",
+        "The bound is below 2× because the naive loop already runs inference on both "
+        "cores (ONNX Runtime's threads) and batching saves no CPU on this convolutional "
+        "model: overlapping wins back only the time the naive loop decodes on one core. "
+        "Share of the bound the 2-worker pipeline reached: "
+        + ", ".join(
+            f"{r.size}x{r.size} {r.methods[-1].clips_per_s(r.clips) / r.bound:.0%}" for r in results
+        )
+        + ". What it loses is a fixed cost per clip (frames pickled back from the worker "
+        "processes, ONNX Runtime's two threads contending with two decoders for two cores), "
+        "so it weighs most where a clip is cheapest to decode; with camera-sized frames "
+        "decoding dominates and the pipeline comes closest to 2×.",
         "",
         "![batch scoring throughput](plots/score.png)",
     ]
@@ -192,10 +265,12 @@ def markdown(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=report.ROOT / "models" / "demo-lipreading")
-    parser.add_argument("--clips", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clips", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--size", type=int, default=64, help="source frame size (default 64)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[64, 192, 320], help="source frame sizes"
+    )
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     parser.add_argument(
         "--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone"
@@ -206,30 +281,37 @@ def main() -> None:
     backend = open_backend(
         package, Settings(backend="onnxruntime", device="cpu", intra_op_threads=args.threads)
     )
+    results: list[SizeResult] = []
     # Worker processes live as long as a scoring run: started once, like the run's own.
     with (
         tempfile.TemporaryDirectory() as tmp,
         DecodeWorkers(1).start() as one,
         DecodeWorkers(2).start() as two,
     ):
-        records = make_clips(package, args.clips, args.size, Path(tmp))
-        methods = [
-            Method(NAIVE, lambda: naive_loop(records, backend, config)),
-            *(
-                Method(
-                    f"pipeline, {w.workers} decode worker{'s' * (w.workers > 1)}, "
-                    f"batch {args.batch_size}",
-                    lambda w=w: pipelined(records, backend, config, args.batch_size, w),
-                )
-                for w in (one, two)
-            ),
-        ]
-        measure(methods, args.rounds)
-    text = markdown(methods, len(records), args.rounds, package, args)
+        for size in args.sizes:
+            records = make_clips(package, args.clips, size, Path(tmp) / str(size))
+            methods = [
+                Method(NAIVE, lambda records=records: naive_loop(records, backend, config)),
+                *(
+                    Method(
+                        f"pipeline, {w.workers} decode worker{'s' * (w.workers > 1)}, "
+                        f"batch {args.batch_size}",
+                        lambda w=w, records=records: pipelined(
+                            records, backend, config, args.batch_size, w
+                        ),
+                    )
+                    for w in (one, two)
+                ),
+            ]
+            measure(methods, args.rounds)
+            decode, inference, most = bound(records, backend, config, args.batch_size)
+            results.append(SizeResult(size, len(records), methods, decode, inference, most))
+            print(f"{size}x{size}: {results[-1].best():.2f}x naive", flush=True)
+    text = markdown(results, args.rounds, package, args)
     print(text)
     if not args.no_write:
-        title = f"{package.name}: {len(records)} clips, {report.machine().split(',')[1].strip()}"
-        plot(methods, len(records), report.plot_path("score"), title)
+        title = f"{package.name}: {report.machine().split(',')[1].strip()}"
+        plot(results, report.plot_path("score"), title)
         print(f"wrote {report.write_section('score', text)}")
 
 

@@ -647,7 +647,7 @@ def markdown(
             "well above 2). Wall-clock figures are low and noisy, and they favour servers with "
             "many runnable threads, which take a bigger share of a contended CPU: the naive "
             "app runs up to 40 requests at once in Starlette's thread pool, the service "
-            "decodes on 2 threads and infers on 1. Server CPU per request is the steadier "
+            "decodes in 2 worker processes and infers on 1 thread. Server CPU per request is the steadier "
             "comparison until a rerun on a quiet host.",
             "",
         ]
@@ -704,8 +704,8 @@ def markdown(
             "",
             *stage_rows,
             "",
-            "Decode counts from the upload's arrival to its clip tensor, waiting for a thread of "
-            "the decode pool included; queue, from the batcher's queue to its batch's start; "
+            "Decode counts from the upload's arrival to its clip tensor, waiting for a decode "
+            "worker process included; queue, from the batcher's queue to its batch's start; "
             "inference, the batch's ONNX Runtime call.",
             "",
             "![serve](plots/serve.png)",

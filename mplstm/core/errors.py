@@ -17,6 +17,18 @@ class ClipError(ValueError):
         self.view = view
         super().__init__(f"view {view!r}: {message}" if view else message)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Raised in a decode worker process and re-raised in the parent: the default
+        # would call cls(text) and drop `view`.
+        return (_restore, (type(self), str(self), self.view))
+
+
+def _restore(cls: type[ClipError], text: str, view: str | None) -> ClipError:
+    error = cls.__new__(cls)
+    ValueError.__init__(error, text)
+    error.view = view
+    return error
+
 
 class UnreadableContainerError(ClipError):
     """Not a media container FFmpeg can open (zero bytes, random bytes, text, truncated header)."""

@@ -13,12 +13,9 @@ must not stop a run over a million clips.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +24,7 @@ import numpy as np
 from mplstm.core.errors import ClipError
 from mplstm.core.manifest import ClipRecord
 from mplstm.core.preprocess import PreprocessConfig, load_clip
+from mplstm.core.worker_processes import WorkerProcesses
 from mplstm.service.backends.base import Backend
 
 # Code of the error row for a failure outside the ClipError family (a decoder bug).
@@ -81,58 +79,12 @@ def decode_record(record: ClipRecord, config: PreprocessConfig) -> Decoded:
     return Decoded(record, clip.frames, clip.view_mask, time.perf_counter() - start)
 
 
-class DecodeWorkers:
-    """Decode worker processes, started once and reused by every batch (and run) given them.
+class DecodeWorkers(WorkerProcesses):
+    """Decode worker processes, started once and reused by every batch (and run) given them."""
 
-    Spawned, not forked: the parent holds ONNX Runtime's thread pool, which must not be
-    forked. A spawned worker takes about a second to import PyAV and numpy, so `start`
-    launches them without waiting: they start up while the package loads.
-    """
-
-    def __init__(self, workers: int) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        self.workers = workers
-        self._executor = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_exit_with_parent,
-            initargs=(os.getpid(),),
-        )
-
-    def start(self) -> DecodeWorkers:
-        """Launch every worker now (one trivial task each, not waited for)."""
-        for _ in range(self.workers):
-            self._executor.submit(_ready)
-        return self
-
-    def submit(self, record: ClipRecord, config: PreprocessConfig) -> Future[Decoded]:
-        return self._executor.submit(decode_record, record, config)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> DecodeWorkers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _exit_with_parent(parent: int) -> None:
-    """In a worker: exit once the scorer is gone (SIGKILLed alone, it cannot stop its workers)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _ready() -> int:
-    # Unpickling this function in a worker imports this module, and with it PyAV and numpy.
-    return os.getpid()
+    def decode(self, record: ClipRecord, config: PreprocessConfig) -> Future[Decoded]:
+        """`decode_record` in a worker."""
+        return self.submit(decode_record, record, config)
 
 
 def decode_all(
@@ -160,7 +112,7 @@ def decode_all(
     try:
         while True:
             while len(pending) < window and (record := next(todo, None)) is not None:
-                pending.add(workers.submit(record, config))
+                pending.add(workers.decode(record, config))
                 on_submit()
             if not pending:
                 return

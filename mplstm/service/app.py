@@ -7,6 +7,7 @@ the lifespan's shutdown then drains every batcher and the decode pool.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,6 +45,10 @@ def create_app(settings: Settings) -> FastAPI:
         decode_pool = DecodePool(settings.decode_workers, settings.decode_limits())
         app.state.services = Services(settings, repository, decode_pool, metrics)
         await repository.load_all()
+        # What start-up loaded lives as long as the process: frozen out of the cyclic
+        # GC's sight, full collections stop walking it. They had paused every request in
+        # flight for 25-39 ms, a few times a minute (tensor path, 32 clients, 2 cores).
+        gc.freeze()
         log.info("listening; ready=%s", repository.ready)
         try:
             yield

@@ -1,12 +1,9 @@
-"""Decoding off the event loop: uploaded views -> a `Clip`, in a pool of worker threads.
+"""Decoding off the event loop: uploaded views -> a `Clip`, in decode worker processes.
 
-Threads, not processes: PyAV releases the GIL while FFmpeg decodes and scales (measured
-by the lead earlier), and a thread reads the spooled upload directly, where a process
-would need every upload pickled across. Measured (`load_clip`, 3 views of 40 frames 96x96 H.264 -> 20 x 88 x 88 gray, 60 clips, two
-rounds) on the 2-core dev host while it ran at load 5.4-6.1: serial 30.5 / 29.0 clips/s,
-2 threads 24.2 / 26.9, 2 processes 26.3 / 24.4. With no idle core neither pool could
-scale, and threads were no worse than processes within that noise; re-measure on an
-idle host (bench/) before tuning `MPLSTM_DECODE_WORKERS`.
+Processes, not threads (`core.worker_processes` says why): on the 2-core dev host the
+video path served 53-67 clips/s with two decode threads and 68-77 with two processes
+(32 clients, demo-lipreading). An upload is read into memory only when a worker is
+about to take it, so at most `2 * workers` uploads are held as bytes at once.
 """
 
 from __future__ import annotations
@@ -15,26 +12,53 @@ import asyncio
 import dataclasses
 import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import BinaryIO
 
 from mplstm.core.clip import Clip
+from mplstm.core.errors import CorruptVideoError
 from mplstm.core.limits import DecodeLimits
-from mplstm.core.preprocess import PreprocessConfig, ViewSource, load_clip
+from mplstm.core.preprocess import PreprocessConfig, load_clip
+from mplstm.core.worker_processes import WorkerProcesses
+
+# A worker that dies takes every clip it was given with it: each clip gets one more
+# try on fresh workers, so only a clip that crashes the decoder twice is refused.
+_ATTEMPTS = 2
 
 
 class DecodePool:
-    """A fixed pool of decode threads shared by every model of the service."""
+    """A fixed pool of decode processes shared by every model of the service."""
 
     def __init__(self, workers: int, limits: DecodeLimits) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.limits = limits
-        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+        self._processes = WorkerProcesses(self.workers).start()
+        self._slots = asyncio.Semaphore(2 * self.workers)
 
-    async def decode(self, views: Mapping[str, ViewSource], config: PreprocessConfig) -> Clip:
-        """`load_clip` in a worker thread, under the service's decode limits."""
+    async def decode(self, views: Mapping[str, BinaryIO | bytes], config: PreprocessConfig) -> Clip:
+        """`load_clip` in a worker process, under the service's decode limits."""
         config = dataclasses.replace(config, limits=self.limits)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, load_clip, views, config)
+        async with self._slots:
+            data = await asyncio.to_thread(_read_all, views)
+            for _ in range(_ATTEMPTS):
+                try:
+                    return await asyncio.wrap_future(
+                        self._processes.submit(load_clip, data, config)
+                    )
+                except BrokenProcessPool:
+                    self._processes.restart()
+        raise CorruptVideoError(
+            f"the video decoder crashed on this clip {_ATTEMPTS} times; re-encode the views "
+            "(e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4) and send them again"
+        )
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._processes.close()
+
+
+def _read_all(views: Mapping[str, BinaryIO | bytes]) -> dict[str, bytes]:
+    """Every view's bytes, ready to pickle across to a worker."""
+    return {
+        name: source if isinstance(source, bytes) else source.read()
+        for name, source in views.items()
+    }

@@ -216,3 +216,16 @@ def test_convlstm_state_stops_at_the_clip_length() -> None:
         short = model(x[:, :, :5], None, torch.tensor([5]))
         torch.testing.assert_close(model(padded, None, torch.tensor([5])), short)
         assert not torch.allclose(model(padded), short)
+
+
+def test_view_dropout_is_held_off_until_the_trainer_turns_it_on() -> None:
+    torch.manual_seed(0)
+    model = get_model("mplstm", **small_config("mplstm", view_dropout=0.6)).train()
+    x = clips(4)
+    model.drop_views_in_training = False
+    with torch.no_grad():
+        held = model(x)
+        torch.testing.assert_close(model(x), held)  # every view, every time
+        model.drop_views_in_training = True
+        dropped = [model(x) for _ in range(4)]
+    assert any(not torch.allclose(d, held) for d in dropped)

@@ -142,6 +142,7 @@ def test_config_file_then_set_then_flags() -> None:
         (["--set", "data.mean=bright"], "data.mean must be"),
         (["--set", "augment.flip=on"], "mirrored camera"),
         (["--model", "nope"], "unknown model 'nope'"),
+        (["--set", "train.view_dropout_start_epoch=-1"], "view_dropout_start_epoch must be >= 0"),
     ],
 )
 def test_bad_settings_exit_2_naming_what_to_fix(

@@ -97,6 +97,8 @@ class MultiViewModel(nn.Module):
                 f"{type(self).__name__} reads pixels: features mode (feature_dim) is not supported"
             )
         self.config = config
+        # The trainer turns this off for the first `train.view_dropout_start_epoch` epochs.
+        self.drop_views_in_training = True
         std = torch.tensor(config.std)
         # uint8 → (x / 255 - mean) / std as one multiply-add.
         scale = (1.0 / (255.0 * std)).view(-1, 1, 1)
@@ -124,7 +126,7 @@ class MultiViewModel(nn.Module):
         if view_mask is None:
             view_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         view_mask = view_mask.to(device=x.device, dtype=torch.bool)
-        if self.training and cfg.view_dropout > 0:
+        if self.training and self.drop_views_in_training and cfg.view_dropout > 0:
             view_mask = drop_views(view_mask, cfg.view_dropout)
         check_view_mask(view_mask)
         # dtype is static under export: this branch is fixed at trace time.
