@@ -13,7 +13,6 @@ both; each figure is the median of the repeats.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="T")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--repeats", type=int, default=40)
-    cores = len(os.sched_getaffinity(0))
+    cores = report.cores()
     parser.add_argument(
         "--threads",
         type=int,

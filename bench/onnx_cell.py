@@ -174,7 +174,7 @@ def plot(results: Results, path: Path) -> None:
 def markdown(results: Results, spinning: bool, rounds: int, load: tuple[float, float]) -> str:
     """The docs section; `load` is the 1-minute load average before and after the run."""
     mp, eager, lstm = IMPLEMENTATIONS
-    cores = len(os.sched_getaffinity(0))
+    cores = report.cores()
     busy = max(load) > cores
     load_note = (
         f"Load average {load[0]:.1f} before and {load[1]:.1f} after the run on {cores} cores"
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=7)
-    cores = len(os.sched_getaffinity(0))
+    cores = report.cores()
     parser.add_argument(
         "--threads",
         type=int,

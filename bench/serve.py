@@ -198,7 +198,7 @@ def measure_bound(
         }
         session.run(None, feed)
         per_clip[size] = cpu_ms_per_call(lambda f=feed: session.run(None, f), seconds / 3, 2) / size
-    cores = len(os.sched_getaffinity(0))
+    cores = report.cores()
     return Bound(decode_ms, per_clip[batch], per_clip[1], batch, cores)
 
 

@@ -35,7 +35,7 @@ class DecodePool:
         self._processes = WorkerProcesses(self.workers).start()
         self._slots = asyncio.Semaphore(2 * self.workers)
 
-    async def decode(self, views: Mapping[str, BinaryIO | bytes], config: PreprocessConfig) -> Clip:
+    async def decode(self, views: Mapping[str, BinaryIO], config: PreprocessConfig) -> Clip:
         """`load_clip` in a worker process, under the service's decode limits."""
         config = dataclasses.replace(config, limits=self.limits)
         async with self._slots:
@@ -56,9 +56,6 @@ class DecodePool:
         self._processes.close()
 
 
-def _read_all(views: Mapping[str, BinaryIO | bytes]) -> dict[str, bytes]:
+def _read_all(views: Mapping[str, BinaryIO]) -> dict[str, bytes]:
     """Every view's bytes, ready to pickle across to a worker."""
-    return {
-        name: source if isinstance(source, bytes) else source.read()
-        for name, source in views.items()
-    }
+    return {name: source.read() for name, source in views.items()}
