@@ -7,13 +7,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv run test lint format bench clean demo-models demo-lipreading demo-identity deploy-tools
 
-venv: $(STAMP)
+KERNEL_STAMP := $(VENV)/.cell_cpu
+
+venv: $(STAMP) $(KERNEL_STAMP)
 
 # Reinstall when the dependency pins change.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The fused CPU kernel of the MP-LSTM recurrence (inference; g++ against the venv's torch).
+$(KERNEL_STAMP): $(STAMP) mplstm/training/cell_cpu.cpp
+	$(BIN)/python -m mplstm.training.cell_cpu build
+	touch $(KERNEL_STAMP)
 
 # The service on the embedded demo packages (models/), on 127.0.0.1:8000.
 run: venv

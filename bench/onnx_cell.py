@@ -6,7 +6,7 @@ the ratios hold on a busy machine. ORT's `LSTM` with input P·D and the same hid
 is the floor (DESIGN.md §2: an MP-LSTM layer should cost about one LSTM layer): its input
 GEMM has the same FLOPs as the MP-LSTM's P per-view projections, and its recurrence does
 one [B, U] x [U, 4U] GEMM per step, as the MP-LSTM's does. Targets: ORT MP-LSTM ≤ 1.5x
-ORT LSTM, and faster than PyTorch eager (the training layer, no_grad). One forward,
+ORT LSTM, and faster than PyTorch eager (the training layer's eager recurrence, no_grad). One forward,
 unidirectional layer, all views present, full lengths; weights random.
 
 Run: .venv/bin/python bench/onnx_cell.py [--rounds 7] [--batch-sizes 1 8 32] [--spinning]
@@ -41,6 +41,7 @@ from mplstm.export.onnx_cell import (
     export_weights,
     single_layer_model,
 )
+from mplstm.training import cell_cpu
 from mplstm.training.cell import MPLSTM
 
 VIEWS, DIM, HIDDEN, STEPS = 5, 256, 256, 30
@@ -104,7 +105,9 @@ def forwards(
     x_torch = torch.from_numpy(x)
 
     def torch_forward() -> object:
-        with torch.no_grad():
+        # PyTorch ops one by one (the path training differentiates), not the layer's fused
+        # CPU kernel, which is not eager PyTorch: bench/cell.py times that one.
+        with torch.no_grad(), cell_cpu.disabled():
             return layer(x_torch)
 
     return dict(

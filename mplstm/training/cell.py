@@ -38,6 +38,9 @@ all views, one sigmoid over every view's four gates (tanh(x) = 2σ(2x) - 1, with
 g rows pre-scaled by 2), and the P-step memory chain. A masked view costs nothing
 per step: its gate pre-activations are saturated once, before the loop (i, o → -inf,
 f → +inf), so σ gives exactly 0 and 1 and the chain passes c through unchanged.
+Where no gradient is needed (evaluation, inference), the recurrence runs as one fused CPU
+kernel instead (cell_cpu.cpp, the same equations; tested against recurrence() below):
+eager PyTorch pays a dispatcher round trip per small op, a dozen per step.
 bench/cell.py measures the layer against torch.nn.LSTM (docs/benchmarks.md).
 """
 
@@ -48,6 +51,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from mplstm.training import cell_cpu
 
 RecurrentActivation = Literal["sigmoid", "hard_sigmoid"]
 _ACTIVATIONS = ("sigmoid", "hard_sigmoid")
@@ -274,29 +279,34 @@ class MPLSTM(nn.Module):
                     param[u : 2 * u] = 0.0
 
     def _direction(
-        self, x: Tensor, name: str, view_mask: Tensor | None, valid: Tensor | None, reverse: bool
+        self,
+        x: Tensor,
+        name: str,
+        view_mask: Tensor | None,
+        lengths: Tensor | None,
+        valid: Tensor | None,
+        reverse: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         u = self.hidden_size
+        hard = self.recurrent_activation == "hard_sigmoid"
+        weight_ih = getattr(self, f"weight_ih_{name}")
         weight_hh = getattr(self, f"weight_hh_{name}")
         if self.candidate_uses_forget_kernel:
             weight_hh = torch.cat([weight_hh[: 2 * u], weight_hh[u : 2 * u], weight_hh[3 * u :]])
         bias = getattr(self, f"bias_ih_{name}") + getattr(self, f"bias_hh_{name}")
-        proj = input_projection(x, getattr(self, f"weight_ih_{name}"), bias)
-        proj = prepare_gates(proj, view_mask)
-        # g rows times 2, as prepare_gates() does for the projection.
-        g_scale = gate_vector(u, 1.0, 1.0, 2.0, 1.0, x)
         peep = None
         if self.peepholes:
             p = getattr(self, f"weight_peep_{name}")
             peep = torch.cat([p[0], p[1], torch.zeros_like(p[0]), p[2]])
-        return recurrence(
-            proj,
-            (weight_hh * g_scale[:, None]).t(),
-            peep,
-            valid,
-            reverse,
-            self.recurrent_activation == "hard_sigmoid",
-        )
+        if cell_cpu.applies(x, weight_ih, weight_hh, bias):
+            proj = cell_cpu.input_projection(x, weight_ih)
+            return cell_cpu.recurrence(
+                proj, bias, weight_hh.t(), peep, view_mask, lengths, reverse, hard
+            )
+        proj = prepare_gates(input_projection(x, weight_ih, bias), view_mask)
+        # g rows times 2, as prepare_gates() does for the projection.
+        g_scale = gate_vector(u, 1.0, 1.0, 2.0, 1.0, x)
+        return recurrence(proj, (weight_hh * g_scale[:, None]).t(), peep, valid, reverse, hard)
 
     def forward(
         self, x: Tensor, view_mask: Tensor | None = None, lengths: Tensor | None = None
@@ -330,7 +340,9 @@ class MPLSTM(nn.Module):
                 out = out.unsqueeze(2)  # the joint sequence is one "view"
             mask = view_mask if layer == 0 else None
             results = [
-                self._direction(out, f"l{layer}{suffix}", mask, valid, suffix == "_reverse")
+                self._direction(
+                    out, f"l{layer}{suffix}", mask, lengths, valid, suffix == "_reverse"
+                )
                 for suffix in self._suffixes()
             ]
             out = torch.cat([r[0] for r in results], dim=-1) if len(results) > 1 else results[0][0]

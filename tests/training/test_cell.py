@@ -7,6 +7,7 @@ import pytest
 import torch
 from reference_mplstm import reference_mplstm
 
+from mplstm.training import cell_cpu
 from mplstm.training.cell import MPLSTM, hard_sigmoid
 
 B, T, P, D, U = 3, 5, 3, 4, 6
@@ -54,14 +55,18 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("path", ["eager", "fused"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_layer_matches_numpy_reference_in_fp64(case: dict) -> None:
+def test_layer_matches_numpy_reference_in_fp64(case: dict, path: str) -> None:
+    """Both recurrences: eager (a gradient is needed) and the fused CPU kernel (inference)."""
     options = {k: v for k, v in case.items() if k not in ("mask", "lengths")}
     layer = _randomized(MPLSTM(D, U, P, **options).double())
     x = torch.randn(B, T, P, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     mask = VIEW_MASK if case.get("mask") else None
     lengths = LENGTHS if case.get("lengths") else None
-    out, (h_n, c_n) = layer(x, mask, lengths)
+    with torch.set_grad_enabled(path == "eager"):
+        assert cell_cpu.applies(x, *layer.parameters()) == (path == "fused")
+        out, (h_n, c_n) = layer(x, mask, lengths)
     ref_out, ref_h, ref_c = reference_mplstm(
         x.numpy(),
         _params(layer),
