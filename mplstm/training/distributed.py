@@ -175,14 +175,27 @@ def init_world(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> Wo
     return World(rank=rank, size=size, local_rank=local_rank, device=device)
 
 
-def shutdown(world: World, timeout_s: float = 30.0) -> None:
-    """Leave the process group; gives up after `timeout_s` (a dead peer can block NCCL's
-    teardown), so a finished or failed rank always exits."""
+def shutdown(world: World, finished: bool = False, timeout_s: float = 30.0) -> None:
+    """Leave the process group; a failed rank gives up after `timeout_s` (a dead peer can
+    block NCCL's teardown), so every rank exits.
+
+    `finished` (every rank ran to the end): wait for all ranks first. A rank that tore
+    its gloo group down while rank 0 still wrote its checkpoints and plots made rank 0's
+    own teardown abort now and then ("terminate called without an active exception").
+    A failed run skips the wait: its peers may never come. (The wait is bounded by the
+    process group's own timeout, --dist-timeout.)
+    """
     if not world.distributed or not dist.is_initialized():
         return
-    worker = threading.Thread(target=dist.destroy_process_group, daemon=True)
+
+    def leave() -> None:
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
+
+    worker = threading.Thread(target=leave, daemon=True)
     worker.start()
-    worker.join(timeout_s)
+    worker.join(None if finished else timeout_s)
     if worker.is_alive():
         print(
             f"rank {world.rank}: process group teardown still blocked after {timeout_s:g} s; "

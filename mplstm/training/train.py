@@ -507,10 +507,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     world = init_world(pick_device(args.device), args.dist_timeout or DEFAULT_TIMEOUT_S)
+    finished = False
     try:
-        return _train(args, world)
+        summary = _train(args, world)
+        finished = True
+        return summary
     finally:
-        shutdown(world)
+        shutdown(world, finished)
 
 
 def _train(args: argparse.Namespace, world: World) -> dict[str, Any]:
