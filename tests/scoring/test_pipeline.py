@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import with_views
+from scoring_helpers import with_views
 
 from mplstm.core.manifest import ClipRecord
 from mplstm.core.package import ONNX_NAME, ModelPackage, load_package, resolve_package

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import kill_group, run_until_hold, score_argv, score_in_process, start_and_hold
+from scoring_helpers import kill_group, run_until_hold, score_argv, score_in_process, start_and_hold
 
 from mplstm.scoring.output import ChunkStore, read_rows
 from mplstm.scoring.shards import Shard

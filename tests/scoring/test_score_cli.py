@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import score_in_process, with_views
+from scoring_helpers import score_in_process, with_views
 
 from mplstm.cli import main
 from mplstm.core.manifest import ClipRecord, write_manifest
