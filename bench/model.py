@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import report
 from mplstm.core.package import ONNX_NAME, ModelPackage, load_package
+from mplstm.training import cell_cpu
 from mplstm.training.models import get_model
 
 COMMAND = ".venv/bin/python bench/model.py"
@@ -62,7 +63,9 @@ def forwards(package: ModelPackage, batch: int, threads: int) -> dict[str, Calla
     clip_t, mask_t = torch.from_numpy(clip), torch.from_numpy(mask)
 
     def eager() -> object:
-        with torch.no_grad():
+        # Op by op: the MP-LSTM layer's fused CPU recurrence is not eager PyTorch (it is
+        # timed against nn.LSTM in bench/cell.py).
+        with torch.no_grad(), cell_cpu.disabled():
             return model(clip_t, mask_t)
 
     feed = {"clip": clip, "view_mask": mask}
