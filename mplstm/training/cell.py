@@ -298,7 +298,7 @@ class MPLSTM(nn.Module):
         if self.peepholes:
             p = getattr(self, f"weight_peep_{name}")
             peep = torch.cat([p[0], p[1], torch.zeros_like(p[0]), p[2]])
-        if cell_cpu.applies(x, weight_ih, weight_hh, bias):
+        if not _exporting() and cell_cpu.applies(x, weight_ih, weight_hh, bias):
             proj = cell_cpu.input_projection(x, weight_ih)
             return cell_cpu.recurrence(
                 proj, bias, weight_hh.t(), peep, view_mask, lengths, reverse, hard

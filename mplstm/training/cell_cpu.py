@@ -47,6 +47,7 @@ def build(force: bool = False) -> Path:
 
     torch_lib = Path(torch.__file__).parent / "lib"
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    partial = _LIBRARY.with_suffix(".tmp")  # renamed into place once g++ succeeds
     command = [
         "g++",
         "-O3",
@@ -62,7 +63,7 @@ def build(force: bool = False) -> Path:
         *[f"-I{p}" for p in cpp_extension.include_paths()],
         str(SOURCE),
         "-o",
-        str(_LIBRARY.with_suffix(".tmp")),
+        str(partial),
         f"-L{torch_lib}",
         f"-Wl,-rpath,{torch_lib}",
         "-ltorch",
@@ -75,7 +76,7 @@ def build(force: bool = False) -> Path:
         raise KernelBuildError("g++ not found: install a C++ compiler to build it") from exc
     if done.returncode != 0:
         raise KernelBuildError(f"g++ failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    _LIBRARY.with_suffix(".tmp").replace(_LIBRARY)
+    partial.replace(_LIBRARY)
     return _LIBRARY
 
 
@@ -96,14 +97,16 @@ def available() -> bool:
 
 
 def applies(proj: Tensor, *weights: Tensor) -> bool:
-    """True when the fused kernel should run: CPU, fp32/fp64, no gradient, not tracing."""
+    """True when the fused kernel can run: CPU, fp32/fp64, no gradient, library built.
+
+    The layer also keeps the eager recurrence while torch traces or exports it
+    (cell._exporting): an exported graph must not hold this op.
+    """
     if not _state["enabled"] or proj.device.type != "cpu":
         return False
     if proj.dtype not in (torch.float32, torch.float64):
         return False
     if torch.is_grad_enabled() and any(w.requires_grad for w in (proj, *weights)):
-        return False
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
     return available()
 
