@@ -70,7 +70,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: its own)"
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads, per worker under --inference workers "
+        "(default: ONNX Runtime's own; the cores shared out among the workers)",
+    )
+    parser.add_argument(
+        "--inference",
+        default="auto",
+        choices=("auto", "main", "workers"),
+        help="where the model runs: main (one process fed by the decode workers; for GPUs), "
+        "workers (each decode worker infers its own batches on the CPU), auto (workers when "
+        "the backend is on the CPU; default)",
     )
     parser.add_argument(
         "--allow-clip-errors",
@@ -110,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from mplstm.cli import CommandError
-    from mplstm.scoring.runner import ScoreOptions, run_scoring
+    from mplstm.scoring.runner import PlacementError, ScoreOptions, run_scoring
     from mplstm.scoring.shards import resolve_shard
     from mplstm.scoring.summary import format_summary
     from mplstm.service.backends.base import BackendUnavailableError
@@ -124,6 +136,8 @@ def _score(args: argparse.Namespace) -> int:
             raise CommandError(f"--{name.replace('_', '-')} must be >= 1")
     if args.decode_workers < 0 or args.threads < 0:
         raise CommandError("--decode-workers and --threads must be >= 0")
+    if args.inference == "workers" and not args.decode_workers:
+        raise CommandError("--inference workers needs --decode-workers >= 1")
     options = ScoreOptions(
         model=args.model,
         manifest=args.manifest,
@@ -137,11 +151,12 @@ def _score(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         threads=args.threads,
+        inference=args.inference,
         progress=not args.no_progress,
     )
     try:
         result = run_scoring(options)
-    except (BackendUnavailableError, SettingsError) as exc:
+    except (BackendUnavailableError, SettingsError, PlacementError) as exc:
         raise CommandError(str(exc)) from exc
     print(format_summary(result.summary))
     if result.merged is not None and result.merged.path is not None:

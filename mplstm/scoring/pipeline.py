@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from mplstm.service.backends.base import Backend
 
 # Code of the error row for a failure outside the ClipError family (a decoder bug).
 UNEXPECTED_ERROR = "decode_failed"
+
+X = TypeVar("X")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -107,12 +110,31 @@ def decode_all(
             times.decode_s += decoded.seconds
             yield decoded
         return
-    todo = iter(records)
-    pending: set[Future[Decoded]] = set()
+    for decoded in completion_order(
+        records, lambda record: workers.decode(record, config), window, times, on_submit
+    ):
+        times.decode_s += decoded.seconds
+        yield decoded
+
+
+def completion_order(
+    items: Iterable[X],
+    submit: Callable[[X], Future[R]],
+    window: int,
+    times: StageTimes,
+    on_submit: Callable[[], None] = lambda: None,
+) -> Iterator[R]:
+    """`submit` each item, at most `window` unconsumed at once; results as they complete.
+
+    Time spent waiting for the next result goes to `times.decode_wait_s`. Leaving early
+    cancels what has not started.
+    """
+    todo = iter(items)
+    pending: set[Future[R]] = set()
     try:
         while True:
-            while len(pending) < window and (record := next(todo, None)) is not None:
-                pending.add(workers.decode(record, config))
+            while len(pending) < window and (item := next(todo, None)) is not None:
+                pending.add(submit(item))
                 on_submit()
             if not pending:
                 return
@@ -120,9 +142,7 @@ def decode_all(
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             times.decode_wait_s += time.perf_counter() - start
             for future in done:
-                decoded = future.result()
-                times.decode_s += decoded.seconds
-                yield decoded
+                yield future.result()
     finally:
         for future in pending:
             future.cancel()

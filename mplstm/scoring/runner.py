@@ -19,6 +19,8 @@ from mplstm.scoring.pipeline import ClipScore, DecodeWorkers, StageTimes, score_
 from mplstm.scoring.rows import ScoreRow, error_row, ok_row
 from mplstm.scoring.shards import Shard, select
 from mplstm.scoring.summary import ScoreSummary, summarize
+from mplstm.scoring.worker_inference import score_in_workers
+from mplstm.service.backends.base import Backend
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,20 @@ class ScoreOptions:
     top_k: int = 5
     backend: str = "auto"  # the service's MPLSTM_BACKEND choices
     device: str = "auto"
-    threads: int = 0  # ONNX Runtime intra-op threads (0: its default)
+    threads: int = 0  # ONNX Runtime intra-op threads (0: its default; per worker under "workers")
+    inference: str = "auto"  # where the model runs: "main", "workers" or "auto" (see INFERENCE)
     progress: bool = True
+
+
+# Where inference runs. "main": one process, fed by the decode workers (what a GPU wants:
+# every clip in its batches). "workers": each decode worker infers its own batches with
+# ONNX Runtime on the CPU (mplstm.scoring.worker_inference says why that is faster there).
+# "auto": "workers" when the backend would run on the CPU and there are decode workers.
+INFERENCE: tuple[str, ...] = ("auto", "main", "workers")
+
+
+class PlacementError(ValueError):
+    """An `inference` choice this run cannot honour; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,12 @@ def _run(
     # The service's decode limits (MPLSTM_MAX_* apply here too): one decoding path.
     config = dataclasses.replace(manifest.preprocess_config(), limits=settings.decode_limits())
     backend = open_backend(package, settings)
+    placement = _placement(options.inference, backend, workers)
+    inference_in = "main process"
+    if placement == "workers":
+        assert isinstance(workers, DecodeWorkers)
+        inference_in = f"{workers.workers} decode worker{'s' * (workers.workers > 1)}"
+        backend.close()  # each worker opens its own session
     times = StageTimes()
     scored = 0
     bar = tqdm(
@@ -92,25 +112,40 @@ def _run(
         file=sys.stderr,
         smoothing=0.1,
     )
+    # Engines are built for batches up to the package's max_batch.
+    batch_size = min(options.batch_size, manifest.max_batch)
+    if isinstance(workers, DecodeWorkers) and placement == "workers":
+        groups = score_in_workers(
+            todo,
+            package,
+            config,
+            workers,
+            batch_size=batch_size,
+            threads=options.threads,
+            times=times,
+            on_submit=holds.hook("decode"),
+        )
+    else:
+        groups = score_batches(
+            todo,
+            backend,
+            config,
+            batch_size=batch_size,
+            decode_workers=workers,
+            times=times,
+            on_submit=holds.hook("decode"),
+        )
     try:
         with bar:
-            for group in score_batches(
-                todo,
-                backend,
-                config,
-                # Engines are built for batches up to the package's max_batch.
-                batch_size=min(options.batch_size, manifest.max_batch),
-                decode_workers=workers,
-                times=times,
-                on_submit=holds.hook("decode"),
-            ):
+            for group in groups:
                 rows = [_row(result, manifest.labels, options.top_k) for result in group]
                 store.commit(rows, midway=holds.hook("write"))
                 holds.passing("between")
                 scored += len(rows)
                 bar.update(len(rows))
     finally:
-        backend.close()
+        if placement == "main":
+            backend.close()
     summary = summarize(
         store.rows(),
         manifest.labels,
@@ -120,10 +155,27 @@ def _run(
         scored=scored,
         wall_s=time.perf_counter() - start,
         times=times,
+        inference_in=inference_in,
     )
     summary.write(store.folder / SUMMARY_FILE)
     merged = merge_outputs(options.out) if options.shard.count == 1 else None
     return ScoreResult(summary, merged)
+
+
+def _placement(choice: str, backend: Backend, workers: DecodeWorkers | int) -> str:
+    """ "main" or "workers": where this run infers (see INFERENCE)."""
+    if choice not in INFERENCE:
+        raise PlacementError(f"inference must be one of {INFERENCE}, got {choice!r}")
+    if choice == "workers" and not workers:
+        raise PlacementError("inference in the workers needs decode workers (decode_workers >= 1)")
+    if choice == "workers" and backend.on_gpu:
+        raise PlacementError(
+            f"inference in the workers runs ONNX Runtime on the CPU, but this run's backend is "
+            f"on the GPU ({backend.why}); infer in the main process, or ask for device cpu"
+        )
+    if choice == "auto":
+        return "workers" if workers and not backend.on_gpu else "main"
+    return choice
 
 
 def _open_output(options: ScoreOptions, package: ModelPackage) -> tuple[ChunkStore, set[str]]:

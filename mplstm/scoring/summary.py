@@ -33,6 +33,7 @@ class ScoreSummary:
     inference_s: float
     decode_wait_s: float  # inference idle, waiting for decoded clips
     batches: int
+    inference_in: str  # "main process", or "N decode workers" (each inferring its own batches)
 
     @property
     def exit_code(self) -> int:
@@ -57,6 +58,7 @@ def summarize(
     scored: int,
     wall_s: float,
     times: StageTimes,
+    inference_in: str = "main process",
 ) -> ScoreSummary:
     """Counts and accuracy over `rows`, speed from this run's `times`."""
     known = set(labels)
@@ -80,6 +82,7 @@ def summarize(
         inference_s=times.inference_s,
         decode_wait_s=times.decode_wait_s,
         batches=times.batches,
+        inference_in=inference_in,
     )
 
 
@@ -95,9 +98,14 @@ def format_summary(s: ScoreSummary) -> str:
         lines.append(f"  resumed: {s.resumed} rows from an earlier run kept, {s.scored} scored now")
     stage_total = s.decode_s + s.inference_s
     share = f"{s.decode_s / stage_total:.0%} decode" if stage_total > 0 else "n/a"
-    lines.append(
-        f"  throughput: {s.clips_per_s:.1f} clips/s ({s.scored} in {s.wall_s:.1f} s); "
+    where = (
         f"decode {s.decode_s:.1f} s (workers, summed), inference {s.inference_s:.1f} s "
         f"in {s.batches} batches ({share}); waited for decode {s.decode_wait_s:.1f} s"
+        if s.inference_in == "main process"
+        else f"decode {s.decode_s:.1f} s, inference {s.inference_s:.1f} s in {s.batches} "
+        f"batches ({share}), both in the {s.inference_in}, summed"
+    )
+    lines.append(
+        f"  throughput: {s.clips_per_s:.1f} clips/s ({s.scored} in {s.wall_s:.1f} s); {where}"
     )
     return "\n".join(lines)

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, gt=0)
     # Deadline of one request from arrival to answer; later is 503 deadline_exceeded.
     request_timeout_s: float = Field(30.0, gt=0)
-    # Decode threads (0: one per CPU core); PyAV releases the GIL while decoding.
+    # Decode worker processes (0: one per CPU core).
     decode_workers: int = Field(0, ge=0, le=256)
     # ONNX Runtime intra-op threads per model (0: ONNX Runtime's default, one per core).
     intra_op_threads: int = Field(0, ge=0, le=256)

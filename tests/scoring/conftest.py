@@ -8,13 +8,17 @@ scoring_helpers.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from mplstm.core.manifest import ClipRecord, read_manifest
+from mplstm.core.package import ModelPackage, load_package, resolve_package
 from mplstm.core.synth import SynthConfig, generate
+from mplstm.service.backends.base import Backend
+from mplstm.service.backends.select import open_backend
+from mplstm.service.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +56,18 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def records(dataset: Path) -> list[ClipRecord]:
     return read_manifest(dataset)
+
+
+@pytest.fixture(scope="module")
+def package(package_dir: Path) -> ModelPackage:
+    return load_package(resolve_package(package_dir))
+
+
+@pytest.fixture(scope="module")
+def backend(package: ModelPackage) -> Iterator[Backend]:
+    """ONNX Runtime on the CPU, one thread."""
+    backend = open_backend(
+        package, Settings(backend="onnxruntime", device="cpu", intra_op_threads=1)
+    )
+    yield backend
+    backend.close()

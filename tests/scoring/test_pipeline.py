@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,26 +11,10 @@ import pytest
 from scoring_helpers import with_views
 
 from mplstm.core.manifest import ClipRecord
-from mplstm.core.package import ONNX_NAME, ModelPackage, load_package, resolve_package
+from mplstm.core.package import ONNX_NAME, ModelPackage
 from mplstm.core.preprocess import PreprocessConfig, load_clip
 from mplstm.scoring.pipeline import StageTimes, score_batches, score_clips
 from mplstm.service.backends.base import Backend
-from mplstm.service.backends.select import open_backend
-from mplstm.service.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def package(package_dir: Path) -> ModelPackage:
-    return load_package(resolve_package(package_dir))
-
-
-@pytest.fixture(scope="module")
-def backend(package: ModelPackage) -> Iterator[Backend]:
-    backend = open_backend(
-        package, Settings(backend="onnxruntime", device="cpu", intra_op_threads=1)
-    )
-    yield backend
-    backend.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,20 @@ from scoring_helpers import kill_group, run_until_hold, score_argv, score_in_pro
 from mplstm.scoring.output import ChunkStore, read_rows
 from mplstm.scoring.shards import Shard
 
+# Where the model runs -> the hold that stops the scorer mid-decode with one chunk committed.
+MID_DECODE = {
+    # The 14th clip handed to the decode worker (clips go one at a time, 2 batches ahead).
+    "main": "decode:14",
+    # The 9th clip: the third batch handed out as the first one's rows are committed.
+    "workers": "decode:9",
+}
 
+
+@pytest.mark.parametrize("inference", ["workers", "main"])
 @pytest.mark.parametrize(
     ("hold", "what"),
     [
-        # The 14th clip handed to the decode worker: one chunk committed, clips mid-decode.
-        ("decode:14", "during decode"),
+        ("mid-decode", "during decode"),
         # Half of the second chunk's rows written to its temporary file.
         ("write:2", "during write"),
         # The second chunk committed, the third not begun.
@@ -27,10 +35,11 @@ from mplstm.scoring.shards import Shard
     ],
 )
 def test_killed_at_any_point_then_resumed_every_id_is_there_exactly_once(
-    hold: str, what: str, package_dir: Path, dataset: Path, tmp_path: Path
+    hold: str, what: str, inference: str, package_dir: Path, dataset: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    argv = score_argv(package_dir, dataset, out, "--decode-workers", "1")
+    hold = MID_DECODE[inference] if hold == "mid-decode" else hold
+    argv = score_argv(package_dir, dataset, out, "--decode-workers", "1", "--inference", inference)
     run_until_hold(argv, hold, tmp_path / "held")
 
     folder = out / Shard().name

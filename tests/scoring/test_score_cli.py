@@ -158,6 +158,7 @@ def test_rerunning_into_a_used_folder_needs_resume_and_the_same_run(
     [
         (["--model", "no/such/model"], "neither a model package"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--inference", "workers", "--decode-workers", "0"], "needs --decode-workers >= 1"),
     ],
 )
 def test_usage_and_package_errors_exit_2_with_a_message(

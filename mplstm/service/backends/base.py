@@ -25,6 +25,7 @@ class Backend(Protocol):
 
     name: str  # "onnxruntime" | "tensorrt"
     why: str  # how it was chosen (providers, engine), for the log and /v1/models
+    on_gpu: bool  # False when it computes on the CPU
 
     def infer(self, clip: np.ndarray, view_mask: np.ndarray) -> InferenceOutput:
         """Run one batch; safe to call from a worker thread."""

@@ -67,6 +67,7 @@ class OnnxRuntimeBackend:
                 f"onnxruntime cannot load {package.path / ONNX_NAME}: {exc}"
             ) from exc
         got = self._session.get_providers()
+        self.on_gpu = got[0] != _CPU
         self.why = f"onnxruntime {ort.__version__} with {got[0]} (asked for {wanted})"
         if got[0] != wanted[0]:
             log.warning("%s: %s did not initialise; running on %s", package.name, wanted[0], got[0])

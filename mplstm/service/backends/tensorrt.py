@@ -70,6 +70,7 @@ class TensorRTBackend:
     """One deserialised engine and an execution context; batches run one at a time."""
 
     name = "tensorrt"
+    on_gpu = True
 
     def __init__(self, package: ModelPackage, *, device: str = "auto") -> None:
         try:
