@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 from live_server import Server
+from scoring_helpers import score_in_process
 
 from mplstm.core.manifest import ClipRecord
 from mplstm.core.package import load_package, resolve_package
-from mplstm.scoring.pipeline import score_clips
-from mplstm.service.backends.select import open_backend
-from mplstm.service.settings import Settings
+from mplstm.scoring.output import read_rows
 from mplstm.training.checkpoint import load_model
 from mplstm.training.data import ClipDataset, make_loader
 from mplstm.training.evaluate import predict
@@ -40,16 +39,26 @@ def _service_probabilities(
     return np.array([scores[label] for label in labels])
 
 
+@pytest.mark.parametrize("inference", ["workers", "main"])
 def test_service_scorer_and_evaluate_give_the_same_probabilities_for_each_clip(
-    served: Server, package_dir: Path, checkpoint: Path, records: list[ClipRecord], dataset: Path
+    inference: str,
+    served: Server,
+    package_dir: Path,
+    checkpoint: Path,
+    records: list[ClipRecord],
+    dataset: Path,
+    tmp_path: Path,
 ) -> None:
     package = load_package(resolve_package(package_dir))
     labels = package.manifest.labels
     clips = records[:6]
 
-    backend = open_backend(package, Settings(backend="onnxruntime", device="cpu"))
-    offline = score_clips(clips, backend, package.manifest.preprocess_config())
-    backend.close()
+    # The whole `mplstm score` command, inference where --inference puts it.
+    out = tmp_path / "out"
+    extra = ("--decode-workers", "1", "--inference", inference, "--top-k", str(len(labels)))
+    assert score_in_process(package_dir, dataset, out, *extra) == 0
+    rows = {row.id: dict(row.top_k) for row in read_rows(out / "scores.jsonl")}
+    offline = {r.id: np.array([rows[r.id][label] for label in labels]) for r in clips}
 
     model, meta = load_model(checkpoint)
     loader = make_loader(ClipDataset(clips, meta.labels, meta.preprocess, None), batch_size=3)
@@ -58,6 +67,6 @@ def test_service_scorer_and_evaluate_give_the_same_probabilities_for_each_clip(
 
     for i, record in enumerate(clips):
         over_http = _service_probabilities(served, record, labels)
-        scored = offline[record.id].probabilities
+        scored = offline[record.id]
         np.testing.assert_allclose(over_http, scored, atol=1e-5)  # same ORT model, same decode
         np.testing.assert_allclose(over_http, evaluated[i], atol=1e-4)  # PyTorch vs ORT
