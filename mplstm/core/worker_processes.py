@@ -21,6 +21,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Self, TypeVar
 
+from mplstm.core.errors import CorruptVideoError
+
 T = TypeVar("T")
 
 
@@ -72,6 +74,14 @@ class WorkerProcesses:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def decoder_crashed(attempts: int, retry: str) -> CorruptVideoError:
+    """The error of a clip that killed a decode worker `attempts` times; `retry` says how to resend."""
+    return CorruptVideoError(
+        f"the video decoder crashed on this clip {attempts} times; re-encode the views "
+        f"(e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4) and {retry}"
+    )
 
 
 def _exit_with_parent(parent: int) -> None:

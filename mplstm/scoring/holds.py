@@ -5,10 +5,14 @@ POINT write the file named by `MPLSTM_SCORE_TEST_HOLD_FILE` and sleep until kill
 Points: `decode` (clips submitted to the decode workers, their rows not written),
 `write` (half of a chunk's rows written to its temporary file), `between` (a chunk
 committed, the next not begun). Unset, every hook is a no-op.
+
+`MPLSTM_SCORE_TEST_CRASH=ID` makes a decode worker process die (`os._exit`) whenever
+it is given the clip ID, as a decoder crash on a hostile file would.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -16,6 +20,7 @@ from pathlib import Path
 
 HOLD_ENV = "MPLSTM_SCORE_TEST_HOLD"
 HOLD_FILE_ENV = "MPLSTM_SCORE_TEST_HOLD_FILE"
+CRASH_ENV = "MPLSTM_SCORE_TEST_CRASH"
 POINTS: tuple[str, ...] = ("decode", "write", "between")
 
 
@@ -52,3 +57,9 @@ class Holds:
             self.marker.write_text(f"{point}:{self.nth} pid {os.getpid()}\n")
         while True:
             time.sleep(3600)
+
+
+def crash_if_told(clip_id: str) -> None:
+    """In a worker process given the clip named by MPLSTM_SCORE_TEST_CRASH: die at once."""
+    if os.environ.get(CRASH_ENV) == clip_id and multiprocessing.parent_process() is not None:
+        os._exit(70)

@@ -13,19 +13,25 @@ must not stop a run over a million clips.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from mplstm.core.errors import ClipError
 from mplstm.core.manifest import ClipRecord
 from mplstm.core.preprocess import PreprocessConfig, load_clip
-from mplstm.core.worker_processes import WorkerProcesses
+from mplstm.core.worker_processes import WorkerProcesses, decoder_crashed
+from mplstm.scoring.holds import crash_if_told
 from mplstm.service.backends.base import Backend
+
+log = logging.getLogger(__name__)
 
 # Code of the error row for a failure outside the ClipError family (a decoder bug).
 UNEXPECTED_ERROR = "decode_failed"
@@ -71,6 +77,7 @@ class StageTimes:
 
 def decode_record(record: ClipRecord, config: PreprocessConfig) -> Decoded:
     """`load_clip` on a manifest record; a failure comes back as an error, not an exception."""
+    crash_if_told(record.id)
     start = time.perf_counter()
     try:
         clip = load_clip(dict(record.views), config)
@@ -80,6 +87,17 @@ def decode_record(record: ClipRecord, config: PreprocessConfig) -> Decoded:
         message = f"unexpected {type(exc).__name__} while decoding: {exc}"
         return Decoded(record, None, None, time.perf_counter() - start, UNEXPECTED_ERROR, message)
     return Decoded(record, clip.frames, clip.view_mask, time.perf_counter() - start)
+
+
+def error_score(decoded: Decoded) -> ClipScore:
+    """The result of a clip that could not be decoded: its error, nothing inferred."""
+    return ClipScore(decoded.record, None, (), decoded.error_code, decoded.error)
+
+
+def crashed_decode(record: ClipRecord) -> Decoded:
+    """The error result of a clip that killed a decode worker each time it was tried."""
+    error = decoder_crashed(CRASH_ATTEMPTS, "score it again")
+    return Decoded(record, None, None, 0.0, error.code, str(error))
 
 
 class DecodeWorkers(WorkerProcesses):
@@ -110,11 +128,31 @@ def decode_all(
             times.decode_s += decoded.seconds
             yield decoded
         return
+    recovery = CrashRecovery(workers.restart, crashed_decode)
     for decoded in completion_order(
-        records, lambda record: workers.decode(record, config), window, times, on_submit
+        records, lambda record: workers.decode(record, config), window, times, on_submit, recovery
     ):
         times.decode_s += decoded.seconds
         yield decoded
+
+
+@dataclass(frozen=True)
+class CrashRecovery(Generic[X, R]):
+    """What `completion_order` does when a worker process dies (a decoder crash).
+
+    Every item in flight then fails with the pool. The pool is replaced, and those
+    items run again one at a time, so that the one that kills a worker on its own is
+    found: split into smaller items if it can be, else given up as `crashed(item)`.
+    """
+
+    restart: Callable[[], None]  # replace the broken pool with fresh workers
+    crashed: Callable[[X], R]  # the result of an item that killed a worker alone
+    split: Callable[[X], list[X]] = lambda item: [item]  # a batch into its clips
+
+
+# A clip gets two tries before it is called a decoder crash: in flight when the pool
+# broke, then alone (the service, mplstm.service.decode_pool, gives it two as well).
+CRASH_ATTEMPTS = 2
 
 
 def completion_order(
@@ -123,29 +161,74 @@ def completion_order(
     window: int,
     times: StageTimes,
     on_submit: Callable[[], None] = lambda: None,
+    recovery: CrashRecovery[X, R] | None = None,
 ) -> Iterator[R]:
     """`submit` each item, at most `window` unconsumed at once; results as they complete.
 
     Time spent waiting for the next result goes to `times.decode_wait_s`. Leaving early
-    cancels what has not started.
+    cancels what has not started. Without `recovery`, a dead worker raises
+    BrokenProcessPool.
     """
     todo = iter(items)
-    pending: set[Future[R]] = set()
+    pending: dict[Future[R], X] = {}
+    suspects: deque[X] = deque()  # in flight when a worker died: rerun one at a time
     try:
         while True:
-            while len(pending) < window and (item := next(todo, None)) is not None:
-                pending.add(submit(item))
+            while not suspects and len(pending) < window:
+                if (item := next(todo, None)) is None:
+                    break
+                try:
+                    pending[submit(item)] = item
+                except BrokenProcessPool:  # a worker died since the last result
+                    if recovery is None:
+                        raise
+                    suspects.append(item)
                 on_submit()
             if not pending:
-                return
+                if not suspects:
+                    return
+                assert recovery is not None
+                recovery.restart()
+                yield from _isolate(suspects, submit, recovery)
+                continue
             start = time.perf_counter()
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
             times.decode_wait_s += time.perf_counter() - start
             for future in done:
-                yield future.result()
+                item = pending.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    if recovery is None:
+                        raise
+                    suspects.append(item)  # the rest of the pool's futures fail too
+                    continue
+                yield result
     finally:
         for future in pending:
             future.cancel()
+
+
+def _isolate(
+    suspects: deque[X], submit: Callable[[X], Future[R]], recovery: CrashRecovery[X, R]
+) -> Iterator[R]:
+    """Run suspects alone, each on a healthy pool (restarted before), until none is left."""
+    while suspects:
+        item = suspects.popleft()
+        try:
+            result = submit(item).result()
+        except BrokenProcessPool:
+            recovery.restart()
+            parts = recovery.split(item)
+            if len(parts) > 1:
+                suspects.extendleft(reversed(parts))
+            else:
+                log.warning(
+                    "a clip killed a decode worker %d times; scored as an error", CRASH_ATTEMPTS
+                )
+                yield recovery.crashed(item)
+            continue
+        yield result
 
 
 def score_batches(
@@ -193,7 +276,7 @@ def _score(
     for decoded in decode_all(records, config, workers, window, times, on_submit):
         times.clips += 1
         if decoded.frames is None:
-            failed.append(ClipScore(decoded.record, None, (), decoded.error_code, decoded.error))
+            failed.append(error_score(decoded))
         else:
             ready.append(decoded)
         if len(ready) >= batch_size or len(failed) >= batch_size:

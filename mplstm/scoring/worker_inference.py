@@ -24,9 +24,12 @@ from mplstm.core.package import ModelPackage
 from mplstm.core.preprocess import PreprocessConfig
 from mplstm.scoring.pipeline import (
     ClipScore,
+    CrashRecovery,
     DecodeWorkers,
     StageTimes,
     completion_order,
+    crashed_decode,
+    error_score,
     score_batches,
 )
 from mplstm.service.backends.base import Backend
@@ -82,7 +85,9 @@ def score_in_workers(
 
     # The main process only waits here, so its waiting is not a stage: not counted.
     waited = StageTimes()
-    for result in completion_order(batches, submit, window or 2 * workers.workers, waited):
+    recovery = CrashRecovery(workers.restart, _crashed, lambda batch: [[r] for r in batch])
+    window = window or 2 * workers.workers
+    for result in completion_order(batches, submit, window, waited, recovery=recovery):
         times.decode_s += result.times.decode_s
         times.inference_s += result.times.inference_s
         times.clips += result.times.clips
@@ -105,6 +110,12 @@ def decode_and_infer(
         for score in group
     ]
     return BatchResult(scores, times)
+
+
+def _crashed(batch: list[ClipRecord]) -> BatchResult:
+    """The error row of a clip (a batch of one) that killed its worker each time it ran."""
+    (record,) = batch
+    return BatchResult([error_score(crashed_decode(record))], StageTimes(clips=1))
 
 
 def _backend(package: ModelPackage, threads: int) -> Backend:

@@ -16,10 +16,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import BinaryIO
 
 from mplstm.core.clip import Clip
-from mplstm.core.errors import CorruptVideoError
 from mplstm.core.limits import DecodeLimits
 from mplstm.core.preprocess import PreprocessConfig, load_clip
-from mplstm.core.worker_processes import WorkerProcesses
+from mplstm.core.worker_processes import WorkerProcesses, decoder_crashed
 
 # A worker that dies takes every clip it was given with it: each clip gets one more
 # try on fresh workers, so only a clip that crashes the decoder twice is refused.
@@ -47,10 +46,7 @@ class DecodePool:
                     )
                 except BrokenProcessPool:
                     self._processes.restart()
-        raise CorruptVideoError(
-            f"the video decoder crashed on this clip {_ATTEMPTS} times; re-encode the views "
-            "(e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4) and send them again"
-        )
+        raise decoder_crashed(_ATTEMPTS, "send them again")
 
     def close(self) -> None:
         self._processes.close()
