@@ -6,12 +6,13 @@ rerun independently without overwriting each other's results.
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+
+from mplstm.core.cpus import usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
@@ -62,5 +63,5 @@ def plot_path(name: str) -> Path:
 
 
 def cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """CPUs this process may use (affinity, capped by a cgroup quota)."""
+    return usable_cpus()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -88,8 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
-        help="worker processes (default: all CPUs)",
+        default=0,
+        help="worker processes (default: one per usable CPU)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -116,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    if args.workers < 1:
-        raise CommandError("--workers must be >= 1")
+    if args.workers < 0:
+        raise CommandError("--workers must be >= 0 (0: one per usable CPU)")
     out: Path = args.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CommandError(f"{out} exists and is not an empty folder: choose a new OUT")

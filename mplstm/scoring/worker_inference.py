@@ -14,11 +14,11 @@ frame leaves the process that decoded it, and only probabilities come back.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from mplstm.core.cpus import usable_cpus
 from mplstm.core.manifest import ClipRecord
 from mplstm.core.package import ModelPackage
 from mplstm.core.preprocess import PreprocessConfig
@@ -50,7 +50,7 @@ def threads_per_worker(workers: int, threads: int = 0) -> int:
     """ONNX Runtime threads for each of `workers` sessions: `threads`, else the cores shared out."""
     if threads:
         return threads
-    return max(1, len(os.sched_getaffinity(0)) // workers)
+    return max(1, usable_cpus() // workers)
 
 
 def score_in_workers(

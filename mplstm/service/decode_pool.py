@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import Mapping
 from concurrent.futures.process import BrokenProcessPool
 from typing import BinaryIO
 
 from mplstm.core.clip import Clip
+from mplstm.core.cpus import usable_cpus
 from mplstm.core.limits import DecodeLimits
 from mplstm.core.preprocess import PreprocessConfig, load_clip
 from mplstm.core.worker_processes import WorkerProcesses, decoder_crashed
@@ -29,7 +29,7 @@ class DecodePool:
     """A fixed pool of decode processes shared by every model of the service."""
 
     def __init__(self, workers: int, limits: DecodeLimits) -> None:
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or usable_cpus()
         self.limits = limits
         self._processes = WorkerProcesses(self.workers).start()
         self._slots = asyncio.Semaphore(2 * self.workers)

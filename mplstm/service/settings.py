@@ -59,9 +59,10 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, gt=0)
     # Deadline of one request from arrival to answer; later is 503 deadline_exceeded.
     request_timeout_s: float = Field(30.0, gt=0)
-    # Decode worker processes (0: one per CPU core).
+    # Decode worker processes (0: one per usable CPU: affinity, capped by a cgroup quota).
     decode_workers: int = Field(0, ge=0, le=256)
-    # ONNX Runtime intra-op threads per model (0: ONNX Runtime's default, one per core).
+    # ONNX Runtime intra-op threads per model (0: ONNX Runtime's default, one per physical
+    # core, capped by a cgroup CPU quota).
     intra_op_threads: int = Field(0, ge=0, le=256)
     # Whole request body, counted while it streams (chunked uploads included).
     max_upload_bytes: int = Field(256 * _MIB, gt=0)

@@ -38,7 +38,7 @@ def test_synth_writes_a_readable_identity_set(
     [
         (["--words", "40"], "--words must be 1..25"),
         (["--views", "0"], "--views must be 1..5"),
-        (["--workers", "0"], "--workers must be >= 1"),
+        (["--workers", "-1"], "--workers must be >= 0"),
     ],
 )
 def test_bad_options_exit_2_with_the_reason(

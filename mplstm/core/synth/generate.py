@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mplstm import __version__
+from mplstm.core.cpus import usable_cpus
 from mplstm.core.manifest import SPLITS, ClipRecord, assign_splits, write_manifest
 from mplstm.core.synth.mouth import Lighting, MouthTrack, render
 from mplstm.core.synth.speakers import speaker, speaker_name
@@ -279,7 +279,7 @@ def generate(
 
     out_dir = Path(out_dir)
     plans = plan_clips(config)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(plans)))
+    workers = max(1, min(workers or usable_cpus(), len(plans)))
     job = partial(write_clip, config=config, out_dir=out_dir)
     bar = tqdm(total=len(plans), unit="clip", disable=not progress, smoothing=0.1)
     records: dict[str, ClipRecord] = {}

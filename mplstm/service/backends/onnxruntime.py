@@ -13,6 +13,7 @@ import logging
 import numpy as np
 import onnxruntime as ort
 
+from mplstm.core.cpus import quota_cpus, usable_cpus
 from mplstm.core.package import ONNX_NAME, ModelPackage
 from mplstm.service.backends.base import BackendUnavailableError, InferenceOutput
 
@@ -42,7 +43,9 @@ class OnnxRuntimeBackend:
 
     def __init__(self, package: ModelPackage, *, device: str = "auto", intra_op_threads: int = 0):
         options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
+        # ONNX Runtime's own default (0) is every physical core of the host, whatever the
+        # container's CPU quota: capped to the quota where one is set.
+        options.intra_op_num_threads = intra_op_threads or (usable_cpus() if quota_cpus() else 0)
         # Idle ORT workers would otherwise spin for a while after every run: on a CPU host
         # that is CPU taken from the decode threads sharing the cores. Measured on the 2-core
         # host (bench/serve.py), the service's CPU per tensor request fell from 28.6 to
