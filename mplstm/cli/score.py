@@ -136,8 +136,6 @@ def _score(args: argparse.Namespace) -> int:
             raise CommandError(f"--{name.replace('_', '-')} must be >= 1")
     if args.decode_workers < 0 or args.threads < 0:
         raise CommandError("--decode-workers and --threads must be >= 0")
-    if args.inference == "workers" and not args.decode_workers:
-        raise CommandError("--inference workers needs --decode-workers >= 1")
     options = ScoreOptions(
         model=args.model,
         manifest=args.manifest,

@@ -76,10 +76,15 @@ class WorkerProcesses:
         self.close()
 
 
-def decoder_crashed(attempts: int, retry: str) -> CorruptVideoError:
-    """The error of a clip that killed a decode worker `attempts` times; `retry` says how to resend."""
+# Tries a clip gets before a worker crash is blamed on it (the service retries it on
+# fresh workers; the scorer reruns it alone): one crash may be another clip's doing.
+CRASH_ATTEMPTS = 2
+
+
+def decoder_crashed(retry: str) -> CorruptVideoError:
+    """The error of a clip that killed a decode worker CRASH_ATTEMPTS times; `retry` says how to resend."""
     return CorruptVideoError(
-        f"the video decoder crashed on this clip {attempts} times; re-encode the views "
+        f"the video decoder crashed on this clip {CRASH_ATTEMPTS} times; re-encode the views "
         f"(e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4) and {retry}"
     )
 

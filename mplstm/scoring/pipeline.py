@@ -27,7 +27,7 @@ import numpy as np
 from mplstm.core.errors import ClipError
 from mplstm.core.manifest import ClipRecord
 from mplstm.core.preprocess import PreprocessConfig, load_clip
-from mplstm.core.worker_processes import WorkerProcesses, decoder_crashed
+from mplstm.core.worker_processes import CRASH_ATTEMPTS, WorkerProcesses, decoder_crashed
 from mplstm.scoring.holds import crash_if_told
 from mplstm.service.backends.base import Backend
 
@@ -96,7 +96,7 @@ def error_score(decoded: Decoded) -> ClipScore:
 
 def crashed_decode(record: ClipRecord) -> Decoded:
     """The error result of a clip that killed a decode worker each time it was tried."""
-    error = decoder_crashed(CRASH_ATTEMPTS, "score it again")
+    error = decoder_crashed("score it again")
     return Decoded(record, None, None, 0.0, error.code, str(error))
 
 
@@ -142,17 +142,13 @@ class CrashRecovery(Generic[X, R]):
 
     Every item in flight then fails with the pool. The pool is replaced, and those
     items run again one at a time, so that the one that kills a worker on its own is
-    found: split into smaller items if it can be, else given up as `crashed(item)`.
+    found: split into smaller items if it can be, else given up as `crashed(item)`
+    (a clip has then had CRASH_ATTEMPTS tries: in flight, then alone).
     """
 
     restart: Callable[[], None]  # replace the broken pool with fresh workers
     crashed: Callable[[X], R]  # the result of an item that killed a worker alone
     split: Callable[[X], list[X]] = lambda item: [item]  # a batch into its clips
-
-
-# A clip gets two tries before it is called a decoder crash: in flight when the pool
-# broke, then alone (the service, mplstm.service.decode_pool, gives it two as well).
-CRASH_ATTEMPTS = 2
 
 
 def completion_order(

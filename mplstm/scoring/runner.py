@@ -64,6 +64,11 @@ class ScoreResult:
 
 def run_scoring(options: ScoreOptions, holds: Holds | None = None) -> ScoreResult:
     """Score the options' shard of the manifest into `options.out`; resumable."""
+    # Before any worker starts or the output folder is claimed.
+    if options.inference not in INFERENCE:
+        raise PlacementError(f"inference must be one of {INFERENCE}, got {options.inference!r}")
+    if options.inference == "workers" and not options.decode_workers:
+        raise PlacementError("--inference workers needs --decode-workers >= 1")
     holds = holds or Holds.from_env()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -96,11 +101,6 @@ def _run(
     config = dataclasses.replace(manifest.preprocess_config(), limits=settings.decode_limits())
     backend = open_backend(package, settings)
     placement = _placement(options.inference, backend, workers)
-    inference_in = "main process"
-    if placement == "workers":
-        assert isinstance(workers, DecodeWorkers)
-        inference_in = f"{workers.workers} decode worker{'s' * (workers.workers > 1)}"
-        backend.close()  # each worker opens its own session
     times = StageTimes()
     scored = 0
     bar = tqdm(
@@ -114,7 +114,10 @@ def _run(
     )
     # Engines are built for batches up to the package's max_batch.
     batch_size = min(options.batch_size, manifest.max_batch)
-    if isinstance(workers, DecodeWorkers) and placement == "workers":
+    if placement == "workers":
+        assert isinstance(workers, DecodeWorkers)  # _placement picks it only with workers
+        backend.close()  # each worker opens its own session
+        inference_in = f"{workers.workers} decode worker{'s' * (workers.workers > 1)}"
         groups = score_in_workers(
             todo,
             package,
@@ -126,6 +129,7 @@ def _run(
             on_submit=holds.hook("decode"),
         )
     else:
+        inference_in = "main process"
         groups = score_batches(
             todo,
             backend,
@@ -163,11 +167,7 @@ def _run(
 
 
 def _placement(choice: str, backend: Backend, workers: DecodeWorkers | int) -> str:
-    """ "main" or "workers": where this run infers (see INFERENCE)."""
-    if choice not in INFERENCE:
-        raise PlacementError(f"inference must be one of {INFERENCE}, got {choice!r}")
-    if choice == "workers" and not workers:
-        raise PlacementError("inference in the workers needs decode workers (decode_workers >= 1)")
+    """ "main" or "workers": where this run infers (see INFERENCE; the choice is checked)."""
     if choice == "workers" and backend.on_gpu:
         raise PlacementError(
             f"inference in the workers runs ONNX Runtime on the CPU, but this run's backend is "

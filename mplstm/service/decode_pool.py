@@ -18,11 +18,10 @@ from mplstm.core.clip import Clip
 from mplstm.core.cpus import usable_cpus
 from mplstm.core.limits import DecodeLimits
 from mplstm.core.preprocess import PreprocessConfig, load_clip
-from mplstm.core.worker_processes import WorkerProcesses, decoder_crashed
+from mplstm.core.worker_processes import CRASH_ATTEMPTS, WorkerProcesses, decoder_crashed
 
-# A worker that dies takes every clip it was given with it: each clip gets one more
-# try on fresh workers, so only a clip that crashes the decoder twice is refused.
-_ATTEMPTS = 2
+# A worker that dies takes every clip it was given with it: each clip gets more tries
+# on fresh workers (CRASH_ATTEMPTS in all), so one clip's crash does not refuse the others.
 
 
 class DecodePool:
@@ -39,14 +38,14 @@ class DecodePool:
         config = dataclasses.replace(config, limits=self.limits)
         async with self._slots:
             data = await asyncio.to_thread(_read_all, views)
-            for _ in range(_ATTEMPTS):
+            for _ in range(CRASH_ATTEMPTS):
                 try:
                     return await asyncio.wrap_future(
                         self._processes.submit(load_clip, data, config)
                     )
                 except BrokenProcessPool:
                     self._processes.restart()
-        raise decoder_crashed(_ATTEMPTS, "send them again")
+        raise decoder_crashed("send them again")
 
     def close(self) -> None:
         self._processes.close()
