@@ -38,3 +38,10 @@ def usable_cpus(root: Path = CGROUP_ROOT) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     quota = quota_cpus(root)
     return min(cpus or 1, quota) if quota else cpus or 1
+
+
+def threads_per_worker(workers: int, threads: int = 0) -> int:
+    """Intra-op threads for each of `workers` processes: `threads`, else the usable CPUs shared out."""
+    if threads:
+        return threads
+    return max(1, usable_cpus() // workers)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from mplstm.core.cpus import usable_cpus
+from mplstm.core.cpus import threads_per_worker
 from mplstm.core.manifest import ClipRecord
 from mplstm.core.package import ModelPackage
 from mplstm.core.preprocess import PreprocessConfig
@@ -32,10 +32,7 @@ from mplstm.scoring.pipeline import (
     error_score,
     score_batches,
 )
-from mplstm.service.backends.base import Backend
-
-# The session a worker process opened, kept for its next batches: (package, threads) -> backend.
-_OPEN: dict[tuple[str, int], Backend] = {}
+from mplstm.service.backends.cpu_worker import cpu_session
 
 
 @dataclass(frozen=True)
@@ -44,13 +41,6 @@ class BatchResult:
 
     scores: list[ClipScore]
     times: StageTimes
-
-
-def threads_per_worker(workers: int, threads: int = 0) -> int:
-    """ONNX Runtime threads for each of `workers` sessions: `threads`, else the cores shared out."""
-    if threads:
-        return threads
-    return max(1, usable_cpus() // workers)
 
 
 def score_in_workers(
@@ -101,7 +91,8 @@ def decode_and_infer(
 ) -> BatchResult:
     """In a worker: decode the records here and score them as one batch (bad clips as errors)."""
     times = StageTimes()
-    backend = _backend(package, threads)
+    # One model per run: a worker reused with another package drops the old session.
+    backend = cpu_session(package, threads, keep=1)
     scores = [
         score
         for group in score_batches(
@@ -116,16 +107,3 @@ def _crashed(batch: list[ClipRecord]) -> BatchResult:
     """The error row of a clip (a batch of one) that killed its worker each time it ran."""
     (record,) = batch
     return BatchResult([error_score(crashed_decode(record))], StageTimes(clips=1))
-
-
-def _backend(package: ModelPackage, threads: int) -> Backend:
-    """This worker's CPU session for `package`, opened on first use (a second or so)."""
-    from mplstm.service.backends.onnxruntime import OnnxRuntimeBackend
-
-    key = (str(package.path.resolve()), threads)
-    if key not in _OPEN:
-        for old in _OPEN.values():  # one model per run: a worker reused by another drops it
-            old.close()
-        _OPEN.clear()
-        _OPEN[key] = OnnxRuntimeBackend(package, device="cpu", intra_op_threads=threads)
-    return _OPEN[key]

@@ -41,8 +41,8 @@ def create_app(settings: Settings) -> FastAPI:
                 "can reach this port can use it"
             )
         metrics = ServiceMetrics()
-        repository = ModelRepository(settings, metrics)
         decode_pool = DecodePool(settings.decode_workers, settings.decode_limits())
+        repository = ModelRepository(settings, metrics, decode_pool)
         app.state.services = Services(settings, repository, decode_pool, metrics)
         await repository.load_all()
         # What start-up loaded lives as long as the process: frozen out of the cyclic

@@ -27,8 +27,9 @@ from mplstm.service.errors import (
     BadTensorError,
     DeadlineExceededError,
     InferenceFailedError,
-    QueueFullError,
-    ShuttingDownError,
+    model_queue_full,
+    model_shutting_down,
+    no_answer_in_time,
 )
 from mplstm.service.metrics import ServiceMetrics
 
@@ -100,9 +101,7 @@ class DynamicBatcher:
     ) -> BatchResult:
         """Queue clips [n, V, T, C, H, W] (n <= max_batch) and wait for their rows of a batch."""
         if self._closing:
-            raise ShuttingDownError(
-                f"model {self.model!r} is shutting down; retry on another replica"
-            )
+            raise model_shutting_down(self.model)
         if clip.shape[0] > self.max_batch:
             raise BadTensorError(
                 f"batch of {clip.shape[0]} clips exceeds this model's max_batch {self.max_batch}"
@@ -113,9 +112,7 @@ class DynamicBatcher:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            raise QueueFullError(
-                f"model {self.model!r} has {self._queue.maxsize} requests waiting; retry shortly"
-            ) from None
+            raise model_queue_full(self.model, self._queue.maxsize) from None
         # Pending = waiting for inference, in the queue or in the batch being gathered.
         depth = self._metrics.queue_depth.labels(self.model)
         depth.inc()
@@ -123,10 +120,7 @@ class DynamicBatcher:
         try:
             return await asyncio.wait_for(item.future, timeout_s)
         except TimeoutError:
-            raise DeadlineExceededError(
-                f"no answer from model {self.model!r} within {timeout_s:.1f} s; the server is "
-                "overloaded, retry later"
-            ) from None
+            raise no_answer_in_time(self.model, timeout_s) from None
 
     async def stop(self) -> None:
         """Refuse new requests, finish every queued one, then stop the loop."""

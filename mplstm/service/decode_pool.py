@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from concurrent.futures.process import BrokenProcessPool
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from mplstm.core.clip import Clip
 from mplstm.core.cpus import usable_cpus
 from mplstm.core.limits import DecodeLimits
 from mplstm.core.preprocess import PreprocessConfig, load_clip
 from mplstm.core.worker_processes import CRASH_ATTEMPTS, WorkerProcesses, decoder_crashed
+
+T = TypeVar("T")
 
 # A worker that dies takes every clip it was given with it: each clip gets more tries
 # on fresh workers (CRASH_ATTEMPTS in all), so one clip's crash does not refuse the others.
@@ -35,22 +38,53 @@ class DecodePool:
 
     async def decode(self, views: Mapping[str, BinaryIO], config: PreprocessConfig) -> Clip:
         """`load_clip` in a worker process, under the service's decode limits."""
-        config = dataclasses.replace(config, limits=self.limits)
+        return await self.run(load_clip, views, config)
+
+    async def run(
+        self,
+        fn: Callable[..., T],
+        views: Mapping[str, BinaryIO],
+        config: PreprocessConfig,
+        *args: Any,
+    ) -> T:
+        """`fn(view bytes, config, *args)` in a worker process, `config` under the decode limits."""
+        config = _under(config, self.limits)
         async with self._slots:
-            data = await asyncio.to_thread(_read_all, views)
+            # Spooled to disk (over a MiB) is read off the event loop; in memory, no thread hop.
+            if all(_in_memory(source) for source in views.values()):
+                data = _read_all(views)
+            else:
+                data = await asyncio.to_thread(_read_all, views)
             for _ in range(CRASH_ATTEMPTS):
                 try:
                     return await asyncio.wrap_future(
-                        self._processes.submit(load_clip, data, config)
+                        self._processes.submit(fn, data, config, *args)
                     )
                 except BrokenProcessPool:
                     self._processes.restart()
         raise decoder_crashed("send them again")
 
+    async def run_on_each(self, fn: Callable[..., T], *args: Any) -> list[T]:
+        """`fn(*args)` once per worker, at the same time (a best effort: the pool picks)."""
+        return await asyncio.gather(
+            *(asyncio.wrap_future(self._processes.submit(fn, *args)) for _ in range(self.workers))
+        )
+
     def close(self) -> None:
         self._processes.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _under(config: PreprocessConfig, limits: DecodeLimits) -> PreprocessConfig:
+    # Cached: a model's config is the same for every request, and building one validates it.
+    return dataclasses.replace(config, limits=limits)
 
 
 def _read_all(views: Mapping[str, BinaryIO]) -> dict[str, bytes]:
     """Every view's bytes, ready to pickle across to a worker."""
     return {name: source.read() for name, source in views.items()}
+
+
+def _in_memory(source: BinaryIO) -> bool:
+    # A SpooledTemporaryFile not yet rolled over to disk (what Starlette checks too).
+    return not getattr(source, "_rolled", True)

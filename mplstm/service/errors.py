@@ -92,6 +92,24 @@ class BadTensorError(ApiError):
     code, status = "bad_tensor", 400
 
 
+def model_shutting_down(model: str) -> ShuttingDownError:
+    """A model that is being unloaded or reloaded refuses new work (batcher and workers)."""
+    return ShuttingDownError(f"model {model!r} is shutting down; retry on another replica")
+
+
+def model_queue_full(model: str, bound: int) -> QueueFullError:
+    """`bound` requests of `model` wait already (batcher and workers)."""
+    return QueueFullError(f"model {model!r} has {bound} requests waiting; retry shortly")
+
+
+def no_answer_in_time(model: str, timeout_s: float) -> DeadlineExceededError:
+    """`model` did not answer within the request deadline (batcher and workers)."""
+    return DeadlineExceededError(
+        f"no answer from model {model!r} within {timeout_s:.1f} s; the server is overloaded, "
+        "retry later"
+    )
+
+
 class InferenceFailedError(ApiError):
     """The backend failed on a batch that passed every check: a server fault, not the input."""
 

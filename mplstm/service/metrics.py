@@ -38,7 +38,7 @@ class ServiceMetrics:
         )
         self.batch_size = Histogram(
             "nv_inference_batch_size",
-            "Clips per batch the dynamic batcher ran.",
+            "Clips per inference run: a dynamic batch, or 1 where a decode worker infers its clip.",
             ("model",),
             buckets=_BATCH_BUCKETS,
             registry=self.registry,

@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mplstm.core.preprocess import PreprocessConfig
 from mplstm.core.ranking import top_k
 from mplstm.service.batcher import BatchResult
 from mplstm.service.decode_pool import DecodePool
@@ -22,6 +23,7 @@ from mplstm.service.metrics import ServiceMetrics
 from mplstm.service.repository import LoadedModel, ModelRepository
 from mplstm.service.schemas import ModelRef, Prediction, PredictResponse, Timings
 from mplstm.service.settings import Settings
+from mplstm.service.worker_inference import WorkerInference
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,16 @@ def counted(services: Services, model: str, route: str) -> Iterator[None]:
     metrics.requests.labels(model, route, "success").inc()
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """One clip's probabilities, the views it used, and the seconds each stage took."""
+
+    view_names: tuple[str, ...]
+    view_mask: np.ndarray
+    probabilities: np.ndarray
+    seconds: dict[str, float]
+
+
 async def predict_views(
     model: LoadedModel,
     views: Mapping[str, BinaryIO],
@@ -60,12 +72,53 @@ async def predict_views(
     timeout_s: float,
 ) -> PredictResponse:
     """Uploaded views of one clip -> the model's top-k predictions, with per-stage timings."""
+    config = model.preprocess
+    if model.in_workers is not None:
+        scored = await _in_workers(model.in_workers, views, config, timeout_s)
+    else:
+        scored = await _through_batcher(model, views, config, decode_pool, timeout_s)
+    metrics.observe_stages(model.name, scored.seconds)
+    used = zip(scored.view_names, scored.view_mask, strict=True)
+    return PredictResponse(
+        model=ModelRef(name=model.name, version=model.version),
+        task=model.manifest.task,
+        predictions=top_predictions(scored.probabilities, model.manifest.labels, top_k),
+        views_used=[name for name, present in used if present],
+        timings_ms=Timings(**{k: round(v * 1000, 3) for k, v in scored.seconds.items()}),
+        request_id=request_id,
+    )
+
+
+async def _in_workers(
+    in_workers: WorkerInference,
+    views: Mapping[str, BinaryIO],
+    config: PreprocessConfig,
+    timeout_s: float,
+) -> _Scored:
     start = time.perf_counter()
-    manifest = model.manifest
+    done = await in_workers.predict(views, config, timeout_s=timeout_s)
+    total = time.perf_counter() - start
+    # Queue: waiting for a free worker, and the hand-over both ways.
+    queue = max(total - done.decode_s - done.inference_s, 0.0)
+    seconds = {
+        "decode": done.decode_s,
+        "queue": queue,
+        "inference": done.inference_s,
+        "total": total,
+    }
+    return _Scored(done.view_names, done.view_mask, done.probabilities, seconds)
+
+
+async def _through_batcher(
+    model: LoadedModel,
+    views: Mapping[str, BinaryIO],
+    config: PreprocessConfig,
+    decode_pool: DecodePool,
+    timeout_s: float,
+) -> _Scored:
+    start = time.perf_counter()
     try:
-        clip = await asyncio.wait_for(
-            decode_pool.decode(views, manifest.preprocess_config()), timeout_s
-        )
+        clip = await asyncio.wait_for(decode_pool.decode(views, config), timeout_s)
     except TimeoutError:
         raise DeadlineExceededError(
             f"decoding took longer than the {timeout_s:.1f} s request deadline"
@@ -74,22 +127,13 @@ async def predict_views(
     result = await model.batcher.submit(
         clip.frames[None], clip.view_mask[None], timeout_s=max(timeout_s - (decoded - start), 1e-3)
     )
-    total = time.perf_counter() - start
     seconds = {
         "decode": decoded - start,
         "queue": result.queue_s,
         "inference": result.inference_s,
-        "total": total,
+        "total": time.perf_counter() - start,
     }
-    metrics.observe_stages(model.name, seconds)
-    return PredictResponse(
-        model=ModelRef(name=model.name, version=model.version),
-        task=manifest.task,
-        predictions=top_predictions(result.probabilities[0], manifest.labels, top_k),
-        views_used=[n for n, used in zip(clip.view_names, clip.view_mask, strict=True) if used],
-        timings_ms=Timings(**{k: round(v * 1000, 3) for k, v in seconds.items()}),
-        request_id=request_id,
-    )
+    return _Scored(clip.view_names, clip.view_mask, result.probabilities[0], seconds)
 
 
 async def infer_tensors(

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from mplstm.core.cpus import threads_per_worker
 from mplstm.core.package import (
     ModelPackage,
     PackageError,
@@ -23,28 +25,43 @@ from mplstm.core.package import (
     find_packages,
     load_package,
 )
+from mplstm.core.preprocess import PreprocessConfig
 from mplstm.service.backends.base import Backend, BackendUnavailableError, dummy_batch
 from mplstm.service.backends.select import open_backend
 from mplstm.service.batcher import DynamicBatcher
+from mplstm.service.decode_pool import DecodePool
 from mplstm.service.errors import ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from mplstm.service.metrics import ServiceMetrics
 from mplstm.service.settings import Settings
+from mplstm.service.worker_inference import WorkerInference, infers_in_workers
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A package being served: its backend and its batcher."""
+    """A package being served: its backend, its batcher, and its video route's placement."""
 
     name: str  # the repository folder name, which routes use
     package: ModelPackage
     backend: Backend
     batcher: DynamicBatcher
+    # Set where the video route infers in the decode workers (CPU), else it uses the batcher.
+    in_workers: WorkerInference | None = None
+
+    @property
+    def video_inference(self) -> str:
+        """Where /v1 requests run inference: "workers" or "batcher"."""
+        return "workers" if self.in_workers is not None else "batcher"
 
     @property
     def manifest(self) -> PackageManifest:
         return self.package.manifest
+
+    @functools.cached_property
+    def preprocess(self) -> PreprocessConfig:
+        """The manifest's preprocessing, built once (every video request needs it)."""
+        return self.manifest.preprocess_config()
 
     @property
     def version(self) -> str:
@@ -64,9 +81,12 @@ class ModelState:
 class ModelRepository:
     """Loads, serves, reloads and unloads the packages under `settings.models_dir`."""
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: ServiceMetrics, decode_pool: DecodePool
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.decode_pool = decode_pool
         self._models: dict[str, LoadedModel] = {}
         self._failures: dict[str, str] = {}
         self._wanted: set[str] = set()
@@ -141,6 +161,7 @@ class ModelRepository:
             self._wanted.add(name)
             try:
                 package, backend = await asyncio.to_thread(self._open, folder)
+                in_workers = await self._video_in_workers(name, package, backend)
             except (PackageError, BackendUnavailableError, OSError, ValueError) as exc:
                 reason = str(exc)
                 old = self._models.get(name)
@@ -149,12 +170,18 @@ class ModelRepository:
                 if old is None:
                     self._failures[name] = reason
                 raise ModelLoadError(f"model {name!r} failed to load: {reason}{keeps}") from exc
-            model = self._start(name, package, backend)
+            model = self._start(name, package, backend, in_workers)
             old = self._models.get(name)
             self._models[name] = model
             self._failures.pop(name, None)
             self._update_gauges(old, model)
-            log.info("model %s: version %s ready (%s)", name, model.version, backend.why)
+            log.info(
+                "model %s: version %s ready (%s; video inference in the %s)",
+                name,
+                model.version,
+                backend.why,
+                model.video_inference,
+            )
         if old is not None:
             await self._retire(old)
         return model
@@ -203,7 +230,37 @@ class ModelRepository:
             raise BackendUnavailableError(f"warm-up inference failed: {exc}") from exc
         return package, backend
 
-    def _start(self, name: str, package: ModelPackage, backend: Backend) -> LoadedModel:
+    async def _video_in_workers(
+        self, name: str, package: ModelPackage, backend: Backend
+    ) -> WorkerInference | None:
+        """The model's video route in the decode workers, warmed up there; None: the batcher."""
+        try:
+            if not infers_in_workers(self.settings.video_inference, backend.name, backend.on_gpu):
+                return None
+            in_workers = WorkerInference(
+                name,
+                package,
+                self.decode_pool,
+                # The usable CPUs shared out: workers infer side by side, one clip each.
+                threads=threads_per_worker(self.decode_pool.workers),
+                # A session per model served, and one for the old version during a reload.
+                sessions_kept=lambda: len(self._wanted) + 1,
+                max_queue=self.settings.max_queue,
+                metrics=self.metrics,
+            )
+            await in_workers.warm_up()
+        except BackendUnavailableError:
+            backend.close()
+            raise
+        return in_workers
+
+    def _start(
+        self,
+        name: str,
+        package: ModelPackage,
+        backend: Backend,
+        in_workers: WorkerInference | None,
+    ) -> LoadedModel:
         batcher = DynamicBatcher(
             name,
             backend.infer,
@@ -213,9 +270,11 @@ class ModelRepository:
             metrics=self.metrics,
         )
         batcher.start()
-        return LoadedModel(name, package, backend, batcher)
+        return LoadedModel(name, package, backend, batcher, in_workers)
 
     async def _retire(self, model: LoadedModel) -> None:
+        if model.in_workers is not None:
+            await model.in_workers.stop()
         await model.batcher.stop()
         model.backend.close()
 

@@ -52,8 +52,9 @@ from mplstm.service.schemas import (
 from mplstm.service.uploads import read_upload
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     """The app's shared services (built by the lifespan)."""
+    # async: FastAPI runs a sync dependency in its thread pool, a thread hop per request.
     return request.app.state.services
 
 
@@ -162,6 +163,7 @@ def _summary(model: LoadedModel) -> ModelSummary:
         width=m.preprocess.width,
         max_batch=model.batcher.max_batch,
         backend=model.backend.why,
+        video_inference=model.video_inference,
     )
 
 

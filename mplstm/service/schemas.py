@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -49,6 +51,10 @@ class ModelSummary(BaseModel):
     width: int
     max_batch: int
     backend: str
+    video_inference: Literal["workers", "batcher"] = Field(
+        description="Where /v1 requests run inference: in the decode worker that decoded "
+        "the clip (CPU backends), or through the dynamic batcher"
+    )
 
 
 class ModelList(BaseModel):

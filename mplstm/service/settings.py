@@ -30,6 +30,14 @@ class BackendChoice(enum.StrEnum):
     TENSORRT = "tensorrt"
 
 
+class VideoInference(enum.StrEnum):
+    """Where the video route runs inference (`mplstm.service.worker_inference` says why)."""
+
+    AUTO = "auto"  # in the decode workers where the backend is ONNX Runtime on the CPU
+    BATCHER = "batcher"  # the model's dynamic batcher, in the main process
+    WORKERS = "workers"  # in the decode workers (ONNX Runtime on the CPU only)
+
+
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -61,8 +69,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     # Decode worker processes (0: one per usable CPU: affinity, capped by a cgroup quota).
     decode_workers: int = Field(0, ge=0, le=256)
-    # ONNX Runtime intra-op threads per model (0: ONNX Runtime's default, one per physical
-    # core, capped by a cgroup CPU quota).
+    # Where /v1 (video) requests run inference: auto = in the decode worker that decoded
+    # the clip where the backend is ONNX Runtime on the CPU, else the dynamic batcher.
+    video_inference: VideoInference = VideoInference.AUTO
+    # ONNX Runtime intra-op threads of each model's batcher session (0: ONNX Runtime's
+    # default, one per physical core, capped by a cgroup CPU quota). Decode workers that
+    # infer share the usable CPUs out among themselves instead.
     intra_op_threads: int = Field(0, ge=0, le=256)
     # Whole request body, counted while it streams (chunked uploads included).
     max_upload_bytes: int = Field(256 * _MIB, gt=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mplstm.core.cpus import quota_cpus, usable_cpus
+from mplstm.core.cpus import quota_cpus, threads_per_worker, usable_cpus
 
 
 def _v2(root: Path, text: str) -> Path:
@@ -50,3 +50,10 @@ def test_usable_cpus_is_the_affinity_capped_by_the_quota(tmp_path: Path) -> None
     assert usable_cpus(tmp_path / "none") == affinity
     assert usable_cpus(_v2(tmp_path / "one", "100000 100000")) == 1
     assert usable_cpus(_v2(tmp_path / "many", f"{(affinity + 8) * 100000} 100000")) == affinity
+
+
+def test_threads_per_worker_shares_the_cores_unless_given() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_worker(1) == cores
+    assert threads_per_worker(cores * 2) == 1
+    assert threads_per_worker(2, threads=3) == 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from mplstm.core.manifest import ClipRecord
 from mplstm.core.package import ModelPackage, load_package
 from mplstm.scoring.pipeline import DecodeWorkers, StageTimes, score_clips
 from mplstm.scoring.shards import Shard
-from mplstm.scoring.worker_inference import score_in_workers, threads_per_worker
+from mplstm.scoring.worker_inference import score_in_workers
 from mplstm.service.backends.base import Backend
 from mplstm.service.backends.select import open_backend
 from mplstm.service.settings import Settings
@@ -89,13 +88,6 @@ def test_a_reused_worker_scores_with_the_package_it_is_given_now(
             got[record.id].probabilities, expected[record.id].probabilities, atol=1e-6
         )
         assert not np.allclose(got[record.id].probabilities, before[record.id].probabilities)
-
-
-def test_threads_per_worker_shares_the_cores_unless_given() -> None:
-    cores = len(os.sched_getaffinity(0))
-    assert threads_per_worker(1) == cores
-    assert threads_per_worker(cores * 2) == 1
-    assert threads_per_worker(2, threads=3) == 3
 
 
 @pytest.mark.parametrize(

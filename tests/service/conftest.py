@@ -39,6 +39,16 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def batcher_server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The shared server's settings, but the video route infers through the dynamic batcher."""
+    env = {**SHARED_ENV, "MPLSTM_VIDEO_INFERENCE": "batcher"}
+    srv = Server(repo, tmp_path_factory.mktemp("batcher-server") / "server.log", env)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
 def repo_copy(repo: Path, tmp_path: Path) -> Path:
     """A private copy of the repository, for tests that change it."""

@@ -8,8 +8,11 @@ free loopback port and are reached with httpx.
 
 from __future__ import annotations
 
+import asyncio
+import re
 from pathlib import Path
 
+import httpx
 import numpy as np
 from tiny_models import save_tiny_checkpoint
 
@@ -60,3 +63,42 @@ def write_clip(folder: Path, seed: int, *, frames: int = 20, fps: float = 25.0) 
 def upload(paths: dict[str, Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
     """httpx multipart files for a {view: path} clip."""
     return [(name, (p.name, p.read_bytes(), "video/mp4")) for name, p in paths.items()]
+
+
+def batch_histogram(metrics_text: str, model: str) -> tuple[float, float]:
+    """(batches of size 1, all batches) from the nv_inference_batch_size histogram."""
+
+    def value(suffix: str, le: str | None = None) -> float:
+        labels = f'le="{le}",model="{model}"' if le else f'model="{model}"'
+        match = re.search(
+            rf"^nv_inference_batch_size_{suffix}\{{{labels}\}} (\S+)$", metrics_text, re.M
+        )
+        return float(match.group(1)) if match else 0.0
+
+    return value("bucket", "1.0"), value("count")
+
+
+async def predict_all(url: str, clips: list[dict[str, Path]]) -> list[dict]:
+    """POST every clip to /v1/predict at once; every answer must be a 200."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        responses = await asyncio.gather(
+            *(client.post(f"{url}/v1/predict?top_k=4", files=upload(c)) for c in clips)
+        )
+    assert [r.status_code for r in responses] == [200] * len(clips), [r.text for r in responses]
+    return [r.json() for r in responses]
+
+
+def scores_by_label(answer: dict) -> dict[str, float]:
+    """label -> score of a /v1 answer."""
+    return {p["label"]: p["score"] for p in answer["predictions"]}
+
+
+def assert_load_shed(responses: list[httpx.Response]) -> None:
+    """A burst was partly answered and partly refused with 503 queue_full + Retry-After."""
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, [r.text for r in responses]
+    assert statuses.count(503) > 0 and statuses.count(200) > 0, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert r.json()["error"] == "queue_full"
+            assert int(r.headers["retry-after"]) >= 1

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from live_server import Server
-from service_helpers import DROPOUT_MODEL, FRAMES, SIZE, VIEWS, upload
+from service_helpers import (
+    DROPOUT_MODEL,
+    FRAMES,
+    SIZE,
+    VIEWS,
+    assert_load_shed,
+    batch_histogram,
+    predict_all,
+    scores_by_label,
+    upload,
+)
 
 from mplstm.core.package import load_package
 from mplstm.service.backends.onnxruntime import OnnxRuntimeBackend
@@ -20,41 +29,16 @@ from mplstm.service.batcher import DynamicBatcher
 from mplstm.service.metrics import ServiceMetrics
 
 
-def batch_histogram(metrics_text: str, model: str) -> tuple[float, float]:
-    """(batches of size 1, all batches) from the nv_inference_batch_size histogram."""
-
-    def value(suffix: str, le: str | None = None) -> float:
-        labels = f'le="{le}",model="{model}"' if le else f'model="{model}"'
-        match = re.search(
-            rf"^nv_inference_batch_size_{suffix}\{{{labels}\}} (\S+)$", metrics_text, re.M
-        )
-        return float(match.group(1)) if match else 0.0
-
-    return value("bucket", "1.0"), value("count")
-
-
-async def _predict_all(url: str, clips: list[dict[str, Path]]) -> list[dict]:
-    async with httpx.AsyncClient(timeout=60) as client:
-        responses = await asyncio.gather(
-            *(client.post(f"{url}/v1/predict?top_k=4", files=upload(c)) for c in clips)
-        )
-    assert [r.status_code for r in responses] == [200] * len(clips), [r.text for r in responses]
-    return [r.json() for r in responses]
-
-
-def _scores(answer: dict) -> dict[str, float]:
-    return {p["label"]: p["score"] for p in answer["predictions"]}
-
-
 def test_concurrent_requests_are_batched_with_results_equal_to_one_at_a_time(
-    server: Server, clips: list[dict[str, Path]]
+    batcher_server: Server, clips: list[dict[str, Path]]
 ) -> None:
+    server = batcher_server
     alone = [httpx.post(f"{server.url}/v1/predict?top_k=4", files=upload(c)).json() for c in clips]
     ones_before, batches_before = batch_histogram(
         httpx.get(f"{server.url}/metrics").text, DROPOUT_MODEL
     )
     burst = clips * 8  # 32 requests
-    answers = asyncio.run(_predict_all(server.url, burst))
+    answers = asyncio.run(predict_all(server.url, burst))
     ones_after, batches_after = batch_histogram(
         httpx.get(f"{server.url}/metrics").text, DROPOUT_MODEL
     )
@@ -65,8 +49,8 @@ def test_concurrent_requests_are_batched_with_results_equal_to_one_at_a_time(
     for clip_index, answer in zip(
         [i % len(clips) for i in range(len(burst))], answers, strict=True
     ):
-        expected = _scores(alone[clip_index])
-        got = _scores(answer)
+        expected = scores_by_label(alone[clip_index])
+        got = scores_by_label(answer)
         assert got.keys() == expected.keys()
         np.testing.assert_allclose(
             [got[k] for k in expected], list(expected.values()), rtol=0, atol=1e-6
@@ -110,13 +94,7 @@ def test_full_queue_answers_503_with_retry_after_and_the_server_stays_healthy(
     try:
         body, headers = _tensor_request(batch=8, frames=16)
         responses = asyncio.run(_burst(server.url, 32, body, headers))
-        statuses = [r.status_code for r in responses]
-        assert set(statuses) <= {200, 503}, statuses
-        assert statuses.count(503) > 0 and statuses.count(200) > 0, statuses
-        for r in responses:
-            if r.status_code == 503:
-                assert r.json()["error"] == "queue_full"
-                assert int(r.headers["retry-after"]) >= 1
+        assert_load_shed(responses)
         assert server.healthy()
         one = httpx.post(
             f"{server.url}/v2/models/{DROPOUT_MODEL}/infer", content=body, headers=headers

@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 from live_server import Server
-from service_helpers import DROPOUT_MODEL, upload
+from service_helpers import DROPOUT_MODEL, upload, write_clip
 
 
 def test_api_keys_guard_every_route_but_health_and_metrics(
@@ -124,21 +125,31 @@ def test_tampered_package_refused_at_load_and_failed_reload_keeps_the_old_versio
         server.stop()
 
 
+@pytest.mark.parametrize("placement", ["batcher", "workers"])
 def test_sigterm_answers_every_in_flight_request_before_exit(
-    repo: Path, tmp_path: Path, clips: list[dict[str, Path]]
+    placement: str, repo: Path, tmp_path: Path, clips: list[dict[str, Path]]
 ) -> None:
-    # A long batching delay holds the 10 requests in the batcher when SIGTERM arrives.
-    env = {"MPLSTM_DEFAULT_MODEL": DROPOUT_MODEL, "MPLSTM_MAX_DELAY_MS": "1500"}
+    env = {"MPLSTM_DEFAULT_MODEL": DROPOUT_MODEL, "MPLSTM_VIDEO_INFERENCE": placement}
+    if placement == "batcher":
+        # A long batching delay holds the 10 requests in the batcher when SIGTERM arrives.
+        env["MPLSTM_MAX_DELAY_MS"] = "1500"
+        sent, held = clips, 10
+    else:
+        # One worker and long clips (about 0.1 s each to decode) hold them in its queue;
+        # the first may be answered before the last has arrived.
+        env["MPLSTM_DECODE_WORKERS"] = "1"
+        sent, held = [write_clip(tmp_path / "long", seed=5, frames=1500, fps=50.0)], 8
     server = Server(repo, tmp_path / "server.log", env, command="mplstm").start()
     url = f"{server.url}/v1/predict"
     with ThreadPoolExecutor(10) as pool:
         futures = [
-            pool.submit(httpx.post, url, files=upload(clips[i % 4]), timeout=60) for i in range(10)
+            pool.submit(httpx.post, url, files=upload(sent[i % len(sent)]), timeout=60)
+            for i in range(10)
         ]
-        _wait_in_flight(server, 10)
+        _wait_in_flight(server, held)
         status = server.stop()
         answers = [f.result() for f in futures]
-    assert [r.status_code for r in answers] == [200] * 10
+    assert [r.status_code for r in answers] == [200] * 10, [r.text for r in answers]
     # Uvicorn re-raises SIGTERM once it has shut down gracefully.
     assert status in (0, -signal.SIGTERM), server.log()
     # The lifespan ran to its end: batchers drained after the last answer went out.
@@ -147,7 +158,7 @@ def test_sigterm_answers_every_in_flight_request_before_exit(
 
 
 def _wait_in_flight(server: Server, count: int) -> None:
-    """Wait until `count` requests wait in the batcher (its pending-request gauge)."""
+    """Wait until `count` requests wait for inference (the pending-request gauge)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = httpx.get(f"{server.url}/metrics").text
@@ -155,4 +166,4 @@ def _wait_in_flight(server: Server, count: int) -> None:
         if sum(float(d) for d in depth) >= count:
             return
         time.sleep(0.05)
-    raise AssertionError(f"{count} requests never waited in the batcher:\n{server.log()}")
+    raise AssertionError(f"{count} requests never waited for inference:\n{server.log()}")

@@ -37,10 +37,16 @@ def test_bad_settings_fail_at_start_naming_each_variable(
     monkeypatch.setenv("MPLSTM_MAX_BATCH", "0")
     monkeypatch.setenv("MPLSTM_BACKEND", "cuda-magic")
     monkeypatch.setenv("MPLSTM_DEVICE", "gpu0")
+    monkeypatch.setenv("MPLSTM_VIDEO_INFERENCE", "gpu")
     with pytest.raises(SettingsError) as caught:
         load_settings()
     message = str(caught.value)
-    for variable in ("MPLSTM_MAX_BATCH", "MPLSTM_BACKEND", "MPLSTM_DEVICE"):
+    for variable in (
+        "MPLSTM_MAX_BATCH",
+        "MPLSTM_BACKEND",
+        "MPLSTM_DEVICE",
+        "MPLSTM_VIDEO_INFERENCE",
+    ):
         assert variable in message
 
 
