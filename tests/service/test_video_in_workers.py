@@ -13,12 +13,12 @@ from live_server import Server
 from service_helpers import (
     DROPOUT_MODEL,
     FULL_MODEL,
-    SHARED_ENV,
     assert_load_shed,
     batch_histogram,
     predict_all,
     scores_by_label,
     upload,
+    write_clip,
 )
 
 from mplstm.core.package import load_package
@@ -61,9 +61,12 @@ def test_cpu_default_infers_video_in_the_workers_with_the_batchers_scores(
 
 
 def test_video_queue_bound_in_the_workers_answers_503_with_retry_after(
-    repo: Path, clips: list[dict[str, Path]], tmp_path: Path
+    repo: Path, tmp_path: Path
 ) -> None:
-    env = {**SHARED_ENV, "MPLSTM_MAX_QUEUE": "1", "MPLSTM_DECODE_WORKERS": "1"}
+    # One request in flight at most, and long clips (about 0.1 s each to decode), so the
+    # burst arrives while the first is still decoding.
+    env = {"MPLSTM_DEFAULT_MODEL": DROPOUT_MODEL, "MPLSTM_MAX_QUEUE": "1"}
+    long_clip = write_clip(tmp_path / "long", seed=7, frames=1500, fps=50.0)
     server = Server(repo, tmp_path / "server.log", env).start()
     try:
 
@@ -71,15 +74,15 @@ def test_video_queue_bound_in_the_workers_answers_503_with_retry_after(
             async with httpx.AsyncClient(timeout=60) as client:
                 return await asyncio.gather(
                     *(
-                        client.post(f"{server.url}/v1/predict", files=upload(clips[i % 4]))
-                        for i in range(16)
+                        client.post(f"{server.url}/v1/predict", files=upload(long_clip))
+                        for _ in range(16)
                     )
                 )
 
         responses = asyncio.run(burst())
         assert_load_shed(responses)
         assert server.healthy()
-        again = httpx.post(f"{server.url}/v1/predict", files=upload(clips[0]), timeout=60)
+        again = httpx.post(f"{server.url}/v1/predict", files=upload(long_clip), timeout=60)
         assert again.status_code == 200, again.text
     finally:
         server.stop()
