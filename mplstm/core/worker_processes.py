@@ -1,4 +1,7 @@
-"""Spawned worker processes for decoding, shared by the service and the batch scorer.
+"""Spawned worker processes for decoding: the batch scorer's pool, and what the service shares.
+
+The service drives its own workers from its event loop (`mplstm.service.worker_pool`);
+it shares the parent watch, the crash attempts and the crash error defined here.
 
 Processes, not threads: two decode threads in one process cost 38% more CPU per clip
 than one (10.7 → 14.8 ms for a 5-view 64x64 clip on the 2-core dev host, GIL hand-offs
@@ -7,7 +10,7 @@ between PyAV's many short GIL-free sections), while two processes cost 3% more.
 Spawned, not forked: the parent holds ONNX Runtime's thread pool, which must not be
 forked. A spawned worker takes about a second to import PyAV and numpy, so `start`
 launches them without waiting. A worker that dies (a decoder crash on a hostile file)
-breaks the pool; `restart` replaces it, so one bad upload cannot stop the others.
+breaks the pool; `restart` replaces it, so one bad clip cannot stop the others.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class WorkerProcesses:
         return ProcessPoolExecutor(
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_exit_with_parent,
+            initializer=exit_with_parent,
             initargs=(os.getpid(),),
         )
 
@@ -89,7 +92,7 @@ def decoder_crashed(retry: str) -> CorruptVideoError:
     )
 
 
-def _exit_with_parent(parent: int) -> None:
+def exit_with_parent(parent: int) -> None:
     """In a worker: exit once the parent is gone (SIGKILLed, it cannot stop its workers)."""
 
     def watch() -> None:

@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "can reach this port can use it"
             )
         metrics = ServiceMetrics()
-        decode_pool = DecodePool(settings.decode_workers, settings.decode_limits())
+        decode_pool = await DecodePool.open(settings.decode_workers, settings.decode_limits())
         repository = ModelRepository(settings, metrics, decode_pool)
         app.state.services = Services(settings, repository, decode_pool, metrics)
         await repository.load_all()
@@ -55,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             log.info("shutting down: draining batchers")
             await repository.close()
-            decode_pool.close()
+            await decode_pool.close()
             log.info("shut down")
 
     app = FastAPI(

@@ -2,13 +2,15 @@
 
 Processes, not threads (`core.worker_processes` says why): on the 2-core dev host the
 video path served 53-67 clips/s with two decode threads and 68-77 with two processes
-(32 clients, demo-lipreading). An upload is read into memory only when a worker is
+(32 clients, demo-lipreading). They are driven from the event loop (`worker_pool`), not
+through an executor's threads. An upload is read into memory only when a worker is
 about to take it, so at most `2 * workers` uploads are held as bytes at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
@@ -19,7 +21,8 @@ from mplstm.core.clip import Clip
 from mplstm.core.cpus import usable_cpus
 from mplstm.core.limits import DecodeLimits
 from mplstm.core.preprocess import PreprocessConfig, load_clip
-from mplstm.core.worker_processes import CRASH_ATTEMPTS, WorkerProcesses, decoder_crashed
+from mplstm.core.worker_processes import CRASH_ATTEMPTS, decoder_crashed
+from mplstm.service.worker_pool import WorkerPool
 
 T = TypeVar("T")
 
@@ -30,11 +33,16 @@ T = TypeVar("T")
 class DecodePool:
     """A fixed pool of decode processes shared by every model of the service."""
 
-    def __init__(self, workers: int, limits: DecodeLimits) -> None:
-        self.workers = workers or usable_cpus()
+    def __init__(self, pool: WorkerPool, limits: DecodeLimits) -> None:
+        self.workers = pool.workers
         self.limits = limits
-        self._processes = WorkerProcesses(self.workers).start()
+        self._pool = pool
         self._slots = asyncio.Semaphore(2 * self.workers)
+
+    @classmethod
+    async def open(cls, workers: int, limits: DecodeLimits) -> DecodePool:
+        """Spawn `workers` processes (0: one per usable CPU)."""
+        return cls(await WorkerPool(workers or usable_cpus()).start(), limits)
 
     async def decode(self, views: Mapping[str, BinaryIO], config: PreprocessConfig) -> Clip:
         """`load_clip` in a worker process, under the service's decode limits."""
@@ -56,22 +64,17 @@ class DecodePool:
             else:
                 data = await asyncio.to_thread(_read_all, views)
             for _ in range(CRASH_ATTEMPTS):
-                try:
-                    return await asyncio.wrap_future(
-                        self._processes.submit(fn, data, config, *args)
-                    )
-                except BrokenProcessPool:
-                    self._processes.restart()
+                with contextlib.suppress(BrokenProcessPool):  # the pool replaced the worker
+                    return await self._pool.submit(fn, data, config, *args)
         raise decoder_crashed("send them again")
 
     async def run_on_each(self, fn: Callable[..., T], *args: Any) -> list[T]:
-        """`fn(*args)` once per worker, at the same time (a best effort: the pool picks)."""
-        return await asyncio.gather(
-            *(asyncio.wrap_future(self._processes.submit(fn, *args)) for _ in range(self.workers))
-        )
+        """`fn(*args)` once in every worker."""
+        return await self._pool.run_on_each(fn, *args)
 
-    def close(self) -> None:
-        self._processes.close()
+    async def close(self) -> None:
+        """Stop the workers once their tasks are done."""
+        await self._pool.close()
 
 
 @functools.lru_cache(maxsize=64)
