@@ -5,8 +5,9 @@ and waits for the model's one inference thread, whose ONNX Runtime threads then
 contend for the cores with the decoders. On a GPU that buys big batches; on the CPU
 batching buys nothing (demo-lipreading: 8.9 ms of CPU per clip at batch 1, 9.1 at
 batch 32) and the hand-over costs. Measured on the 2-core dev host (bench/serve.py, 32
-clients, 5-view 64x64 clips, three runs): 23.2-24.4 ms of server CPU per request here
-against 25.4-26.3 through the batcher, and 77-82 clips/s against 73-75. So, as in the
+clients, 5-view 64x64 clips): 22.7 ms of server CPU per request here against 23.8
+through the batcher (82.9 against 81.5 clips/s); 1-3 ms less over three earlier runs,
+before the workers were driven from the event loop (`worker_pool`). So, as in the
 batch scorer (`mplstm.scoring.worker_inference`), each worker runs the clip it decoded
 through its own single-threaded session and sends back only the probabilities.
 
