@@ -34,10 +34,14 @@ class DecodePool:
     """A fixed pool of decode processes shared by every model of the service."""
 
     def __init__(self, pool: WorkerPool, limits: DecodeLimits) -> None:
-        self.workers = pool.workers
         self.limits = limits
         self._pool = pool
-        self._slots = asyncio.Semaphore(2 * self.workers)
+        self._slots = asyncio.Semaphore(2 * pool.workers)
+
+    @property
+    def workers(self) -> int:
+        """Worker processes in the pool."""
+        return self._pool.workers
 
     @classmethod
     async def open(cls, workers: int, limits: DecodeLimits) -> DecodePool:

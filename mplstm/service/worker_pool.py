@@ -158,14 +158,17 @@ class WorkerPool:
         with contextlib.suppress(ValueError):
             self._live.remove(worker)
         worker.writer.close()
-        await asyncio.to_thread(worker.process.join, _STOP_TIMEOUT_S)
-        code = worker.process.exitcode
-        if not self._closed:
-            log.warning("a worker process exited (code %s); another took its place", code)
+        # Its tasks are retried now; reaping the process need not hold them up.
         while worker.pending:
             future = worker.pending.popleft()
             if not future.done():
-                future.set_exception(BrokenProcessPool(f"a worker process exited (code {code})"))
+                future.set_exception(BrokenProcessPool("a worker process exited"))
+        await asyncio.to_thread(worker.process.join, _STOP_TIMEOUT_S)
+        if not self._closed:
+            log.warning(
+                "a worker process exited (code %s); another took its place",
+                worker.process.exitcode,
+            )
 
 
 def _serve(conn: Connection, parent: int) -> None:

@@ -5,10 +5,10 @@ batch scorer (`mplstm.scoring.worker_inference`) infer in the decode worker that
 the clip. This module is all such a worker imports beyond decoding (no web framework).
 
 A worker opens an ONNX Runtime session on first use, a second or so, and keeps it for
-the next clips. Sessions are keyed by package folder,
-the sha256 of its `model.onnx` (a reloaded package at the same path opens anew) and
-thread count; the least recently used beyond `keep` are closed, so a worker serving
-two models keeps both while a reload or a scorer run with another model drops the old.
+the next clips. Sessions are keyed by package folder, the sha256 of its `model.onnx`
+(a reloaded package at the same path opens anew) and thread count; the least recently
+used beyond `keep` are closed, so a worker serving two models keeps both while a
+reload or a scorer run with another model drops the old.
 """
 
 from __future__ import annotations
