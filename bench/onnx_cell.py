@@ -213,8 +213,8 @@ def markdown(results: Results, spinning: bool, rounds: int, load: tuple[float, f
             "The projection (one prepacked MatMul per view) costs about what the LSTM op's input "
             "GEMM does; the gap is the recurrence: ORT runs the Scan body's 23 small nodes per "
             "step (P=5) where its LSTM op runs one fused kernel, which weighs most at B=1. "
-            "The alternatives tried against this body, and why none was kept, are listed in "
-            "the docstring of `mplstm/export/onnx_cell.py`. " + load_note,
+            "The alternatives tried against this body, and why none was kept, are in "
+            '"Design figures quoted from earlier runs" below. ' + load_note,
             "",
             f"Rerun: `{COMMAND}`. Machine: {report.machine()}. Date: {report.today()}. "
             f"onnxruntime {ort.__version__}, torch {torch.__version__}.",

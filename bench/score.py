@@ -6,7 +6,7 @@ same model package, side by side in one run: every round runs each method once, 
 rotating order, so a busy machine slows them alike. The placements: inference in the
 main process fed by 1 or 2 decode worker processes (`mplstm.scoring.pipeline`, what a
 GPU backend uses), and 2 workers each decoding and inferring their own batches on the
-CPU (`mplstm.scoring.worker_inference`, the default on a CPU backend). Clips/s come from the median round's wall
+CPU (`score_in_workers`, the default on a CPU backend). Clips/s come from the median round's wall
 time; the decode workers start once, before the first (warm-up) round, as they start
 once per `mplstm score` run (about a second each to import PyAV and numpy). The naive loop also measures
 the share of time in decode vs inference; the pipeline's decode time is summed over
@@ -43,11 +43,11 @@ from mplstm.core.manifest import ClipRecord
 from mplstm.core.package import ModelPackage, load_package, resolve_package
 from mplstm.core.preprocess import PreprocessConfig, load_clip
 from mplstm.core.synth import VIEWS, SynthConfig, generate
-from mplstm.scoring.pipeline import DecodeWorkers, StageTimes, score_clips
-from mplstm.scoring.worker_inference import score_in_workers
-from mplstm.service.backends.base import Backend
-from mplstm.service.backends.select import open_backend
-from mplstm.service.settings import Settings
+from mplstm.core.worker_pool import PoolThread
+from mplstm.inference.backend import Backend
+from mplstm.inference.options import BackendOptions
+from mplstm.inference.select import open_backend
+from mplstm.scoring.pipeline import StageTimes, score_clips, score_in_workers
 
 COMMAND = ".venv/bin/python bench/score.py"
 TARGET = 1.8
@@ -95,7 +95,7 @@ def pipelined(
     backend: Backend,
     config: PreprocessConfig,
     batch: int,
-    workers: DecodeWorkers,
+    workers: PoolThread,
 ) -> tuple[float, float]:
     """The scorer's pipeline, in memory (no output files)."""
     times = StageTimes()
@@ -111,7 +111,7 @@ def in_workers(
     package: ModelPackage,
     config: PreprocessConfig,
     batch: int,
-    workers: DecodeWorkers,
+    workers: PoolThread,
     threads: int,
 ) -> tuple[float, float]:
     """Each worker decodes and infers its own batches (`mplstm score` on a CPU backend)."""
@@ -326,18 +326,14 @@ def main() -> None:
     args = parser.parse_args()
     package = load_package(resolve_package(args.model))
     config = package.manifest.preprocess_config()
-    backend = open_backend(
-        package, Settings(backend="onnxruntime", device="cpu", intra_op_threads=args.threads)
-    )
-    single = open_backend(
-        package, Settings(backend="onnxruntime", device="cpu", intra_op_threads=1)
-    )
+    backend = open_backend(package, BackendOptions("onnxruntime", "cpu", args.threads))
+    single = open_backend(package, BackendOptions("onnxruntime", "cpu", 1))
     results: list[SizeResult] = []
     # Worker processes live as long as a scoring run: started once, like the run's own.
     with (
         tempfile.TemporaryDirectory() as tmp,
-        DecodeWorkers(1).start() as one,
-        DecodeWorkers(2).start() as two,
+        PoolThread(1).start() as one,
+        PoolThread(2).start() as two,
     ):
         for size in args.sizes:
             records = make_clips(package, args.clips, size, Path(tmp) / str(size))

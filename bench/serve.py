@@ -2,7 +2,7 @@
 
 Video path (`POST /v1/models/{name}/predict`, one multipart file per view): (a) the
 service as it runs by default on a CPU (inference in the decode workers), (a') the
-service with MPLSTM_VIDEO_INFERENCE=batcher (the dynamic batcher), (b) that with
+service with MPLSTM_VIDEO_INFERENCE=main (the dynamic batcher), (b) that with
 MPLSTM_MAX_BATCH=1, (c) the naive FastAPI app of bench/naive_app.py; and the bound, cores / (CPU time to decode one clip + CPU time per
 clip of batched inference), both measured in this process. Tensor path
 (`POST /v2/models/{name}/infer`, binary tensors): (a) against Triton Inference Server's
@@ -326,8 +326,8 @@ def build_systems(
         )
 
     default = service("service")
-    batcher = service("service-batcher", MPLSTM_VIDEO_INFERENCE="batcher")
-    unbatched = service("service-b1", MPLSTM_VIDEO_INFERENCE="batcher", MPLSTM_MAX_BATCH="1")
+    batcher = service("service-batcher", MPLSTM_VIDEO_INFERENCE="main")
+    unbatched = service("service-b1", MPLSTM_VIDEO_INFERENCE="main", MPLSTM_MAX_BATCH="1")
     naive_port = free_port()
     naive = Server(
         "naive",
@@ -726,7 +726,7 @@ def markdown(
             "",
             "The service's default on a CPU (`MPLSTM_VIDEO_INFERENCE=auto`) runs each clip "
             "through ONNX Runtime in the decode worker process that decoded it; `service, "
-            "batcher` sends the decoded clips to the model's dynamic batcher in the main "
+            "batcher` (`MPLSTM_VIDEO_INFERENCE=main`) sends the decoded clips to the model's dynamic batcher in the main "
             "process instead, and `max_batch=1` is that batcher closing every batch at one "
             "clip. Here, decode and inference are the worker's own times, and queue is the "
             "rest of the request: waiting for a free worker and the hand-over both ways.",

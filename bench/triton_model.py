@@ -60,7 +60,7 @@ def session(model_path: Path, intra_op_threads: int) -> ort.InferenceSession:
     """The same session options as the service's ONNX Runtime backend."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
-    # As the service's backend does (mplstm/service/backends/onnxruntime.py): a fair match.
+    # As the service's backend does (mplstm/inference/onnxruntime.py): a fair match.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])

@@ -53,9 +53,10 @@ def run(args: argparse.Namespace) -> int:
     from mplstm.cli import CommandError
     from mplstm.core.manifest import ManifestError
     from mplstm.training.checkpoint import CheckpointError
+    from mplstm.training.config import ConfigError
     from mplstm.training.data import DataError, default_cache_dir
     from mplstm.training.evaluate import evaluate_checkpoint
-    from mplstm.training.train import ConfigError, pick_device
+    from mplstm.training.train import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mplstm.inference.parity import TOLERANCES
+
 _DESCRIPTION = """\
 Turn a checkpoint from `mplstm train` into a model package (models/NAME/VERSION/):
 model.onnx (uint8 clips in, normalisation inside the graph, logits and probabilities
@@ -39,7 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="T the model accepts (default: half to twice the training T)",
     )
     parser.add_argument(
-        "--tolerance", type=float, default=1e-4, help="parity: max |logits diff| (default 1e-4)"
+        "--tolerance",
+        type=float,
+        default=TOLERANCES["fp32"],
+        help=f"parity: max |logits diff| (default {TOLERANCES['fp32']:g})",
     )
     parser.add_argument(
         "--eval-data",
@@ -72,12 +77,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tensorrt:
         from mplstm.export import tensorrt_build
+        from mplstm.inference.tensorrt import TensorRTError, current_gpu, tensorrt_version
 
         # Before the export, not after: a host without TensorRT or a GPU is known at once.
         try:
-            tensorrt_build.tensorrt_version()
-            tensorrt_build.current_gpu()
-        except (tensorrt_build.GPUUnavailableError, tensorrt_build.EngineIncompatibleError) as exc:
+            tensorrt_version()
+            current_gpu()
+        except TensorRTError as exc:
             raise CommandError(
                 f"--tensorrt needs a GPU host with TensorRT (e.g. the image of Dockerfile.gpu): {exc}"
             ) from exc
@@ -97,10 +103,8 @@ def run(args: argparse.Namespace) -> int:
             log=print,
         )
         if args.tensorrt:
-            from mplstm.export.engines import add_engine
-
             try:
-                add_engine(package, max_batch=args.max_batch, log=print)
+                tensorrt_build.add_engine(package, max_batch=args.max_batch, log=print)
             except tensorrt_build.EngineBuildError as exc:
                 raise CommandError(
                     f"{package.path} was written, but the TensorRT engine build failed: {exc}"

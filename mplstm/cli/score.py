@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mplstm.inference.options import BackendChoice, Placement
+
+if TYPE_CHECKING:
+    from mplstm.scoring.hooks import ScoringHooks
 
 _DESCRIPTION = """\
 Score every clip of a manifest with a model package, offline: the service's decoding,
@@ -65,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", "onnxruntime", "tensorrt"),
+        choices=[c.value for c in BackendChoice],
         help="as MPLSTM_BACKEND of the service (default auto)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
@@ -79,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--inference",
         default="auto",
-        choices=("auto", "main", "workers"),
+        choices=[p.value for p in Placement],
         help="where the model runs: main (one process fed by the decode workers; for GPUs), "
         "workers (each decode worker infers its own batches on the CPU), auto (workers when "
         "the backend is on the CPU; default)",
@@ -106,8 +112,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Score (or merge) and print the summary; the exit status says whether clips failed."""
+def run(args: argparse.Namespace, hooks: ScoringHooks | None = None) -> int:
+    """Score (or merge) and print the summary; the exit status says whether clips failed.
+
+    `hooks`: callables that watch the run (`mplstm.scoring.hooks`); none by default.
+    """
     from mplstm.cli import CommandError
     from mplstm.scoring.output import OutputError
     from mplstm.scoring.shards import ShardError
@@ -115,18 +124,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.score_action == "merge":
             return _merge(args)
-        return _score(args)
+        return _score(args, hooks)
     except (OutputError, ShardError) as exc:
         raise CommandError(str(exc)) from exc
 
 
-def _score(args: argparse.Namespace) -> int:
+def _score(args: argparse.Namespace, hooks: ScoringHooks | None) -> int:
     from mplstm.cli import CommandError
-    from mplstm.scoring.runner import PlacementError, ScoreOptions, run_scoring
+    from mplstm.inference.backend import BackendUnavailableError
+    from mplstm.inference.options import PlacementError
+    from mplstm.inference.settings import SettingsError
+    from mplstm.scoring.hooks import NO_HOOKS
+    from mplstm.scoring.runner import ScoreOptions, run_scoring
     from mplstm.scoring.shards import resolve_shard
     from mplstm.scoring.summary import format_summary
-    from mplstm.service.backends.base import BackendUnavailableError
-    from mplstm.service.settings import SettingsError
 
     missing = [f"--{name}" for name in ("model", "manifest", "out") if getattr(args, name) is None]
     if missing:
@@ -146,14 +157,14 @@ def _score(args: argparse.Namespace) -> int:
         shard=resolve_shard(args.shard_index, args.num_shards),
         resume=args.resume,
         top_k=args.top_k,
-        backend=args.backend,
+        backend=BackendChoice(args.backend),
         device=args.device,
         threads=args.threads,
-        inference=args.inference,
+        inference=Placement(args.inference),
         progress=not args.no_progress,
     )
     try:
-        result = run_scoring(options)
+        result = run_scoring(options, hooks or NO_HOOKS)
     except (BackendUnavailableError, SettingsError, PlacementError) as exc:
         raise CommandError(str(exc)) from exc
     print(format_summary(result.summary))

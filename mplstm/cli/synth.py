@@ -20,6 +20,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("out", type=Path, metavar="OUT", help="output folder (new or empty)")
+    _add_content_arguments(parser)
+    _add_video_arguments(parser)
+    parser.add_argument(
+        "--split",
+        choices=("auto", "train", "val", "test"),
+        default="auto",
+        help="auto: speaker-disjoint (lipreading) or clip-disjoint (identity) 70/15/15; "
+        "or put every clip in one split",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes (default: one per usable CPU)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _add_content_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the data set holds: task, speakers, words, views, clips and seed."""
     parser.add_argument(
         "--task",
         choices=("lipreading", "identity"),
@@ -55,6 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="clips per (speaker, word) pair (default 10)",
     )
     parser.add_argument("--seed", type=int, default=0, help="varies every clip (default 0)")
+
+
+def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """How each view's video file looks: frame size, frame rates and start offsets."""
     parser.add_argument(
         "--size",
         type=int,
@@ -77,21 +102,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="views start up to S seconds late (default 0.08)",
     )
-    parser.add_argument(
-        "--split",
-        choices=("auto", "train", "val", "test"),
-        default="auto",
-        help="auto: speaker-disjoint (lipreading) or clip-disjoint (identity) 70/15/15; "
-        "or put every clip in one split",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="worker processes (default: one per usable CPU)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

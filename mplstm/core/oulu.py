@@ -103,7 +103,7 @@ def read_oulu(
     """
     if corpus not in CORPORA:
         raise ValueError(f"corpus must be one of {', '.join(CORPORA)}, got {corpus!r}")
-    folder, numbers, _ = CORPORA[corpus]
+    folder, _, _ = CORPORA[corpus]
     by_number = {v.number: v for v in VIEWS}
     unknown = [v for v in views if v not in by_number]
     if unknown or not views:
@@ -113,6 +113,29 @@ def read_oulu(
     if not base.is_dir():
         raise ManifestError(f"no {folder}/ folder here: is this the OuluVS2 root?", path=root)
 
+    clips = _scan(base, root, corpus, views)
+    wanted = [by_number[v].name for v in views]
+    complete = _complete_clips(clips, wanted, root, skip_incomplete=skip_incomplete)
+    speakers = sorted({s for s, _ in complete})
+    split_of = _speaker_splits(speakers, splits, fractions, split_seed)
+    return [
+        ClipRecord(
+            id=f"s{speaker}_u{utterance}",
+            label=utterance_label(corpus, utterance),
+            speaker=f"s{speaker}",
+            split=split_of[f"s{speaker}"],
+            views={name: clips[(speaker, utterance)][name] for name in wanted},
+        )
+        for speaker, utterance in complete
+    ]
+
+
+def _scan(
+    base: Path, root: Path, corpus: str, views: Sequence[int]
+) -> dict[tuple[int, int], dict[str, Path]]:
+    """The files of the chosen views under `base`, by (speaker, utterance) and view name."""
+    _, numbers, _ = CORPORA[corpus]
+    by_number = {v.number: v for v in VIEWS}
     clips: dict[tuple[int, int], dict[str, Path]] = {}
     for path in sorted(base.glob("*/*/*")):
         match = _FILE.fullmatch(path.name)
@@ -136,8 +159,17 @@ def read_oulu(
         clips.setdefault((speaker, utterance), {})[by_number[view].name] = path.absolute()
     if not clips:
         raise ManifestError(f"no s<k>_v<view>_u<utt>.mp4 files under {base}", path=root)
+    return clips
 
-    wanted = [by_number[v].name for v in views]
+
+def _complete_clips(
+    clips: dict[tuple[int, int], dict[str, Path]],
+    wanted: list[str],
+    root: Path,
+    *,
+    skip_incomplete: bool,
+) -> list[tuple[int, int]]:
+    """The (speaker, utterance) keys, sorted, of the clips that have every wanted view."""
     incomplete = sorted(k for k, found in clips.items() if set(found) != set(wanted))
     complete = sorted(set(clips) - set(incomplete))
     if incomplete and not skip_incomplete:
@@ -152,21 +184,20 @@ def read_oulu(
         log.warning(
             "skipped %d OuluVS2 clips that lack one of the views %s", len(incomplete), wanted
         )
+    return complete
 
-    speakers = sorted({s for s, _ in complete})
+
+def _speaker_splits(
+    speakers: list[int],
+    splits: Mapping[str, str] | None,
+    fractions: Sequence[float],
+    split_seed: int,
+) -> dict[str, str]:
+    """The split of each speaker name: as `splits` says, the rest spread over `fractions`."""
     split_of = dict(splits or {})
     bad = {s: v for s, v in split_of.items() if v not in SPLITS}
     if bad:
         raise ValueError(f"unknown split(s) {bad}: use {', '.join(SPLITS)}")
     rest = [f"s{s}" for s in speakers if f"s{s}" not in split_of]
     split_of.update(assign_splits(rest, fractions, np.random.default_rng(split_seed)))
-    return [
-        ClipRecord(
-            id=f"s{speaker}_u{utterance}",
-            label=utterance_label(corpus, utterance),
-            speaker=f"s{speaker}",
-            split=split_of[f"s{speaker}"],
-            views={name: clips[(speaker, utterance)][name] for name in wanted},
-        )
-        for speaker, utterance in complete
-    ]
+    return split_of

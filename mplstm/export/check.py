@@ -4,7 +4,7 @@ Every file's sha256 against the manifest; model.onnx runs in ONNX Runtime on ran
 clips of the package's shapes (outputs finite, probabilities summing to 1); the fp16
 model and every TensorRT engine are compared with model.onnx on the same inputs. A
 TensorRT engine is checked only on a host with TensorRT and the engine's GPU; elsewhere
-its row says why it was skipped.
+its row says why it was skipped. Tolerances: `mplstm.inference.parity.TOLERANCES`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from mplstm.core.package import (
     read_package_manifest,
 )
 from mplstm.export.package import ParityCase, onnx_session, parity_cases, random_inputs
-
-FP16_TOLERANCE = 5e-2  # logits; fp16 keeps ~3 significant digits through the recurrence
+from mplstm.inference.parity import TOLERANCES, Parity, compare
 
 
 @dataclass(frozen=True)
@@ -64,38 +63,50 @@ def _compare(
     inputs: list[tuple[ParityCase, np.ndarray, np.ndarray]],
     tolerance: float,
 ) -> CheckRow:
-    """Run `run` on every input and compare logits with the fp32 ONNX reference."""
-    worst, same_argmax = 0.0, True
-    for (_, clip, mask), expected in zip(inputs, reference, strict=True):
-        got = run(clip, mask).astype(np.float32)
-        worst = max(worst, float(np.abs(got - expected).max()))
-        same_argmax &= bool((got.argmax(-1) == expected.argmax(-1)).all())
-    ok = worst <= tolerance and same_argmax
-    detail = f"max |logits diff| {worst:.2g} (tolerance {tolerance:g}), argmax equal {same_argmax}"
-    return CheckRow(item, "ok" if ok else "FAILED", detail)
+    """Run `run` on every input and compare its logits with the fp32 ONNX reference."""
+    outputs = [run(clip, mask) for _, clip, mask in inputs]
+    parity = compare(zip(reference, outputs, strict=True), tolerance)
+    return CheckRow(item, "ok" if parity.passed else "FAILED", parity.describe())
+
+
+def engine_parity(
+    folder: Path,
+    engine: EngineInfo,
+    clips: list[tuple[np.ndarray, np.ndarray]],
+) -> Parity:
+    """A package's TensorRT engine against its model.onnx (fp32, CPU) on `clips` batches.
+
+    TensorRTError where the engine cannot run on this host.
+    """
+    from mplstm.inference.tensorrt import EngineRunner, select_engine
+
+    select_engine((engine,), precision=engine.precision)  # fits this host, else says why
+    session = onnx_session(folder / ONNX_NAME)
+    runner = EngineRunner(folder / engine.file)
+    try:
+        pairs = [
+            (
+                session.run(["logits"], {"clip": clip, "view_mask": mask})[0],
+                runner({"clip": clip, "view_mask": mask})["logits"],
+            )
+            for clip, mask in clips
+        ]
+    finally:
+        runner.close()
+    return compare(pairs, TOLERANCES[f"tensorrt-{engine.precision}"])
 
 
 def _engine_row(
     package: ModelPackage,
     engine: EngineInfo,
-    reference: list[np.ndarray],
     inputs: list[tuple[ParityCase, np.ndarray, np.ndarray]],
 ) -> CheckRow:
     item = f"{engine.file} ({engine.precision}, {'plugin' if engine.plugin else 'inlined body'})"
     try:
-        from mplstm.export import tensorrt_build
-
-        tensorrt_build.check_engine_compatible(engine)
+        parity = engine_parity(package.path, engine, [(c, m) for _, c, m in inputs])
     except Exception as exc:  # TensorRT absent, no GPU, or another GPU/TensorRT version
         return CheckRow(item, "skipped", f"{type(exc).__name__}: {exc}")
-    tolerance = FP16_TOLERANCE if engine.precision == "fp16" else 1e-3
-    return _compare(
-        item,
-        lambda c, m: tensorrt_build.run_engine(package.path / engine.file, c, m)["logits"],
-        reference,
-        inputs,
-        tolerance,
-    )
+    return CheckRow(item, "ok" if parity.passed else "FAILED", parity.describe())
 
 
 def check_package(folder: str | Path) -> list[CheckRow]:
@@ -134,10 +145,10 @@ def check_package(folder: str | Path) -> list[CheckRow]:
                 lambda c, m: fp16.run(["logits"], {"clip": c, "view_mask": m})[0],
                 reference,
                 inputs,
-                FP16_TOLERANCE,
+                TOLERANCES["fp16"],
             )
         )
-    rows.extend(_engine_row(package, e, reference, inputs) for e in manifest.engines)
+    rows.extend(_engine_row(package, e, inputs) for e in manifest.engines)
     return rows
 
 

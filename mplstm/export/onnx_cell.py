@@ -22,7 +22,7 @@ direction reads each sequence from its own end, as in the torch layer.
 One function body per layer configuration (views, direction, activation, peepholes),
 told apart by the function `overload` (ONNX IR ≥ 10): a body built for a fixed P runs
 P two-dimensional MatMuls, which ONNX Runtime prepacks, where one batched MatMul over
-views is not (the projection measured 1.7x slower at B=1). `add_function_bodies` gives
+views is not, and is slower (docs/benchmarks.md, onnx_cell). `add_function_bodies` gives
 every MPLSTM node of a model its overload and body from the node's attributes.
 
 How the body is built, because per-step node overhead dominates on the CPU (§6):
@@ -40,23 +40,22 @@ How the body is built, because per-step node overhead dominates on the CPU (§6)
 - One view without peepholes (every layer after the first): an MP-LSTM is then an
   LSTM, and the body is ONNX's LSTM op, as fast as ONNX Runtime's LSTM.
 
-Tried against this body (bench/onnx_cell.py, P=5, D=U=256, T=30, ORT 1.31, 2 busy
-cores) and not kept, because none was faster at every batch size:
+Tried against this body (the layer of bench/onnx_cell.py) and not kept, because none
+was faster at every batch size (figures: docs/benchmarks.md, onnx_cell):
 - The closed-form memory chain (Π f as Exp of one reverse CumSum of Log f over views,
-  plus a slot that carries c_{t-1}: 17 nodes a step instead of 23). It was 5% slower at
-  B=1 and 7-13% slower at B=8 and 32 on 2 threads. ORT's Log costs ~2 ns an element
-  (Exp 0.2 ns), and at B=1 Log, CumSum and Where each cost more than the Mul/Add pairs
-  they replace.
+  plus a slot that carries c_{t-1}: 17 nodes a step instead of 23). Slower at every
+  batch size: ORT's Log costs far more an element than Exp, and at B=1 Log, CumSum and
+  Where each cost more than the Mul/Add pairs they replace.
 - Per-view scan inputs concatenated inside the body, with the bias in a Gemm and the
   view mask as an extra input column whose weight row saturates the gates. This drops
-  the Concat and Add passes over the [T, P, B, 4U] projections, but gained only 2-4% at
-  B=8 and 32 (within noise) and was 8% slower at B=1 (one more node and four more scan
-  inputs per step).
+  the Concat and Add passes over the [T, P, B, 4U] projections, but its gain at B=8 and
+  32 was within noise and it was slower at B=1 (one more node and four more scan inputs
+  per step).
 - The floor at B=1: with the memory chain removed entirely (not a valid layer) the
-  layer still takes 1.5x (1 thread) to 1.7x (2 threads) ORT's LSTM op. Each step pays
-  the recurrent GEMV (~15 µs, more when 2 threads split it) plus ~1.3 µs for each
-  remaining node. Meeting the 1.5x target at B=1 therefore needs a fused kernel
-  (the TensorRT plugin, or an ORT custom op), not a different ONNX body.
+  layer is still no better than the 1.5x target against ORT's LSTM op: each step pays
+  the recurrent GEMV plus a fixed cost for each remaining node. Meeting the target at
+  B=1 therefore needs a fused kernel (the TensorRT plugin, or an ORT custom op), not a
+  different ONNX body.
 """
 
 from __future__ import annotations
@@ -227,7 +226,7 @@ def _scan_body(config: CellConfig, outer: dict[str, str]) -> onnx.GraphProto:
     """
     g = _Builder("s_")
     # 2-D kernels, one MatMul per direction: ORT prepacks a constant 2-D MatMul operand,
-    # which more than pays for the extra node (measured 2x at B=8 against one batched MatMul).
+    # which more than pays for the extra node (docs/benchmarks.md, onnx_cell).
     per_dir = [
         g("MatMul", h, outer[f"R_{d}"]) for d, h in enumerate(g.split("h_prev", config.dirs, 1))
     ]
@@ -246,8 +245,8 @@ def _scan_body(config: CellConfig, outer: dict[str, str]) -> onnx.GraphProto:
     ig_half = g("Mul", i, g("Sub", s_g, outer["HALF"]))  # i ⊙ tanh(z_g) / 2
     # The memory chain over views, c^(j) = f^j c^(j-1) + i^j g^j, on c/2. A closed form,
     # Π f ⊙ c + Σ_j (Π_{k>j} f^k) i^j g^j with the products from one CumSum of log f,
-    # has a node count independent of P. At P = 5 it was no faster (module docstring):
-    # ORT's Log and CumSum cost more than the 2P small nodes they replace.
+    # has a node count independent of P. At P = 5 it was no faster: ORT's Log and CumSum
+    # cost more than the 2P small nodes they replace (docs/benchmarks.md, onnx_cell).
     ch = "ch_prev"
     views = config.num_views
     for f_j, ig_j in zip(g.split(f, views, 0), g.split(ig_half, views, 0), strict=True):
@@ -367,6 +366,21 @@ def _scan_layer(g: _Builder, config: CellConfig) -> None:
     bias = g("Unsqueeze", g("Transpose", "bias", perm=[1, 0, 2]), g.const([0, 3]))
     proj = g("Add", proj, g("Add", bias, offset))  # [T, P, dirs, B, 4U]
 
+    h_seq, c_seq = _run_scan(g, config, proj, batch, hidden, dirs, one, axis0)
+    _scan_outputs(g, config, h_seq, c_seq, batch, hidden, dirs, one, axis0)
+
+
+def _run_scan(
+    g: _Builder,
+    config: CellConfig,
+    proj: str,
+    batch: str,
+    hidden: str,
+    dirs: str,
+    one: str,
+    axis0: str,
+) -> tuple[str, str]:
+    """The Scan over time from zero states: h and c at every step, [T, dirs, B, U]."""
     zero = g("Expand", _scalar(g, 0.0), g("Concat", one, dirs, batch, hidden, axis=0))
     outer = {"HALF": _scalar(g, 0.5)}
     for d, kernel in enumerate(g.split("R", config.dirs, 0)):
@@ -386,7 +400,21 @@ def _scan_layer(g: _Builder, config: CellConfig) -> None:
     axis_views = g.const([1])
     h_seq = g("Squeeze", h_seq, axis_views)  # [T, dirs, B, U]
     c_seq = g("Squeeze", c_seq, axis_views)
+    return h_seq, c_seq
 
+
+def _scan_outputs(
+    g: _Builder,
+    config: CellConfig,
+    h_seq: str,
+    c_seq: str,
+    batch: str,
+    hidden: str,
+    dirs: str,
+    one: str,
+    axis0: str,
+) -> None:
+    """Y_h and Y_c at each sequence's end, and Y: both directions in time order, zero past it."""
     # Final states: scan step lengths - 1 of each sequence, in both directions.
     last = g("Reshape", g("Sub", "lengths", g.const(1)), g.const([1, 1, -1, 1]))
     last = g("Expand", last, g("Concat", one, dirs, batch, hidden, axis=0))

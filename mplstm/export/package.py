@@ -39,11 +39,12 @@ from mplstm.core.package import (
 )
 from mplstm.core.preprocess import PreprocessConfig, load_clip
 from mplstm.export.torch_op import export_onnx
+from mplstm.inference.parity import TOLERANCES, compare
 from mplstm.training.checkpoint import CheckpointMeta, load_model
 
 INPUT_NAMES = ("clip", "view_mask")
 OUTPUT_NAMES = ("logits", "probabilities")
-DEFAULT_TOLERANCE = 1e-4
+DEFAULT_TOLERANCE = TOLERANCES["fp32"]
 TRACE_BATCH = 2
 
 
@@ -115,30 +116,34 @@ def check_parity(
     shape: tuple[int, int, int, int],
     tolerance: float,
 ) -> dict[str, Any]:
-    """PyTorch vs ONNX Runtime on every case: max abs diff of logits and argmax agreement."""
+    """PyTorch vs ONNX Runtime on every case (`mplstm.inference.parity.compare`), for the manifest."""
     session = onnx_session(onnx_path)
     views, channels, height, width = shape
     results = []
+    pairs = []
     for i, case in enumerate(cases):
         clip, mask = random_inputs(case, views, channels, height, width, seed=i)
         with torch.no_grad():
             expected = model(torch.from_numpy(clip), torch.from_numpy(mask)).numpy()
         got = session.run(["logits"], {"clip": clip, "view_mask": mask})[0]
+        one = compare([(expected, got)], tolerance)
         results.append(
             {
                 **dataclasses.asdict(case),
-                "max_abs_diff": float(np.abs(expected - got).max()),
-                "argmax_equal": bool((expected.argmax(-1) == got.argmax(-1)).all()),
+                "max_abs_diff": one.max_abs_diff,
+                "argmax_equal": one.argmax_equal,
             }
         )
-    worst = max(r["max_abs_diff"] for r in results)
+        pairs.append((expected, got))
+    parity = compare(pairs, tolerance)
     return {
         "reference": f"torch {torch.__version__} (eager)",
         "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
         "tolerance": tolerance,
-        "max_abs_diff": worst,
-        "argmax_equal": all(r["argmax_equal"] for r in results),
-        "passed": worst <= tolerance and all(r["argmax_equal"] for r in results),
+        "max_abs_diff": parity.max_abs_diff,
+        "argmax_equal": parity.argmax_equal,
+        "flips_beyond_tolerance": parity.flips_beyond_tolerance,
+        "passed": parity.passed,
         "cases": results,
     }
 
@@ -292,83 +297,31 @@ def build_package(
     model, meta = load_model(checkpoint)
     model.eval()
     dynamic_time = bool(getattr(model, "dynamic_time", True))
-    frames = meta.preprocess.frames
-    frames_range = frames_range or default_frames_range(frames, dynamic_time)
-    if not dynamic_time and tuple(frames_range) != (frames, frames):
-        raise ExportError(
-            f"{meta.model_name} exports for its training length only (T = {frames}); "
-            f"--frames-range {frames_range[0]} {frames_range[1]} is not possible"
-        )
-    if not frames_range[0] <= frames <= frames_range[1]:
-        raise ExportError(f"frames range {frames_range} must include the model's T = {frames}")
+    frames_range = _checked_frames_range(meta, frames_range, dynamic_time)
     config = model.config
     num_classes = len(meta.labels)
-    pre = dataclasses.replace(
-        meta.preprocess,
-        mean=tuple(config.mean),
-        std=tuple(config.std),
-        view_names=tuple(meta.view_names),
-        allow_missing_views=getattr(config, "view_dropout", 0.0) > 0,
-    )
-    meta = dataclasses.replace(meta, preprocess=pre)
+    meta = _with_served_preprocess(meta, config)
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        log(f"exporting {meta.model_name} to ONNX (T in {frames_range[0]}..{frames_range[1]})")
-        export_model_onnx(
-            model, meta, tmp / ONNX_NAME, max_batch=max_batch, frames_range=tuple(frames_range)
+        parity = _export_with_parity(
+            model, meta, tmp / ONNX_NAME, max_batch, frames_range, tolerance, log
         )
-        log("checking parity: PyTorch vs ONNX Runtime")
-        shape = (len(meta.view_names), pre.channels, pre.height, pre.width)
-        parity = check_parity(
-            model, tmp / ONNX_NAME, parity_cases(frames, tuple(frames_range)), shape, tolerance
-        )
-        if not parity["passed"]:
-            raise ExportError(
-                f"parity check failed: max |logits diff| {parity['max_abs_diff']:.3g} "
-                f"(tolerance {tolerance:g}), argmax equal: {parity['argmax_equal']}; "
-                "no package written"
-            )
-        evaluation = None
-        if eval_data is not None:
-            log(f"scoring the ONNX model on {eval_data} ({eval_split})")
-            evaluation = evaluate_onnx(tmp / ONNX_NAME, pre, meta.labels, eval_data, eval_split)
-            log(f"{evaluation['clips']} clips, accuracy {evaluation['accuracy']:.1%}")
-        inputs, outputs = _io_specs(meta, num_classes, dynamic_time)
-        manifest = PackageManifest(
+        evaluation = _evaluation(tmp / ONNX_NAME, meta, eval_data, eval_split, log)
+        manifest = _package_manifest(
+            meta,
+            config,
             name=name,
             version=version,
-            task=meta.task or "classification",
-            model_family=meta.model_name,
-            labels=tuple(meta.labels),
-            view_names=tuple(meta.view_names),
-            view_yaws=meta.view_yaws,
-            preprocess=pre,
-            view_dropout=float(getattr(config, "view_dropout", 0.0)),
-            inputs=inputs,
-            outputs=outputs,
+            checkpoint=checkpoint,
             max_batch=max_batch,
-            frames_range=tuple(frames_range),  # type: ignore[arg-type]
-            training={
-                "checkpoint": Path(checkpoint).name,
-                "epoch": meta.epoch,
-                "step": meta.step,
-                "metrics": meta.metrics,
-                "model_config": dataclasses.asdict(config),
-                "evaluation": evaluation,
-            },
+            frames_range=frames_range,
+            dynamic_time=dynamic_time,
             parity=parity,
-            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            mplstm_version=__version__,
+            evaluation=evaluation,
         )
-        if fp16:
-            from mplstm.export.fp16 import to_fp16
-
-            log("writing the fp16 model")
-            onnx.save(to_fp16(onnx.load(tmp / ONNX_NAME)), tmp / ONNX_FP16_NAME)
-        (tmp / TRITON_CONFIG_NAME).write_text(triton_config(manifest, num_classes))
-        write_package_manifest(tmp, manifest)
+        _write_package_files(tmp, manifest, num_classes, fp16=fp16, log=log)
         if out.exists():
             out.rmdir()  # an empty folder only: a non-empty one raises, nothing is lost
         tmp.rename(out)
@@ -378,3 +331,136 @@ def build_package(
     shutil.copyfile(out / TRITON_CONFIG_NAME, out.parent / TRITON_CONFIG_NAME)
     log(f"wrote {out} (parity max |diff| {parity['max_abs_diff']:.2g})")
     return load_package(out)
+
+
+def _checked_frames_range(
+    meta: CheckpointMeta, frames_range: tuple[int, int] | None, dynamic_time: bool
+) -> tuple[int, int]:
+    """The requested T range (or the default one), refused where the model cannot export it."""
+    frames = meta.preprocess.frames
+    frames_range = frames_range or default_frames_range(frames, dynamic_time)
+    if not dynamic_time and tuple(frames_range) != (frames, frames):
+        raise ExportError(
+            f"{meta.model_name} exports for its training length only (T = {frames}); "
+            f"--frames-range {frames_range[0]} {frames_range[1]} is not possible"
+        )
+    if not frames_range[0] <= frames <= frames_range[1]:
+        raise ExportError(f"frames range {frames_range} must include the model's T = {frames}")
+    return frames_range
+
+
+def _with_served_preprocess(meta: CheckpointMeta, config: Any) -> CheckpointMeta:
+    """`meta` with the preprocessing the package serves: the model's normalisation and views."""
+    pre = dataclasses.replace(
+        meta.preprocess,
+        mean=tuple(config.mean),
+        std=tuple(config.std),
+        view_names=tuple(meta.view_names),
+        allow_missing_views=getattr(config, "view_dropout", 0.0) > 0,
+    )
+    return dataclasses.replace(meta, preprocess=pre)
+
+
+def _export_with_parity(
+    model: nn.Module,
+    meta: CheckpointMeta,
+    onnx_path: Path,
+    max_batch: int,
+    frames_range: tuple[int, int],
+    tolerance: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Export to `onnx_path` and run the parity check; ExportError when it fails."""
+    pre = meta.preprocess
+    frames = pre.frames
+    log(f"exporting {meta.model_name} to ONNX (T in {frames_range[0]}..{frames_range[1]})")
+    export_model_onnx(model, meta, onnx_path, max_batch=max_batch, frames_range=tuple(frames_range))
+    log("checking parity: PyTorch vs ONNX Runtime")
+    shape = (len(meta.view_names), pre.channels, pre.height, pre.width)
+    parity = check_parity(
+        model, onnx_path, parity_cases(frames, tuple(frames_range)), shape, tolerance
+    )
+    if not parity["passed"]:
+        raise ExportError(
+            f"parity check failed: max |logits diff| {parity['max_abs_diff']:.3g} "
+            f"(tolerance {tolerance:g}), argmax equal: {parity['argmax_equal']}; "
+            "no package written"
+        )
+    return parity
+
+
+def _evaluation(
+    onnx_path: Path,
+    meta: CheckpointMeta,
+    eval_data: str | Path | None,
+    eval_split: str,
+    log: Callable[[str], None],
+) -> dict[str, Any] | None:
+    """`evaluate_onnx` on `eval_data`'s split for the manifest; None without `eval_data`."""
+    if eval_data is None:
+        return None
+    log(f"scoring the ONNX model on {eval_data} ({eval_split})")
+    evaluation = evaluate_onnx(onnx_path, meta.preprocess, meta.labels, eval_data, eval_split)
+    log(f"{evaluation['clips']} clips, accuracy {evaluation['accuracy']:.1%}")
+    return evaluation
+
+
+def _write_package_files(
+    folder: Path,
+    manifest: PackageManifest,
+    num_classes: int,
+    *,
+    fp16: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Beside model.onnx: the fp16 model (when asked), config.pbtxt, and the manifest last."""
+    if fp16:
+        from mplstm.export.fp16 import to_fp16
+
+        log("writing the fp16 model")
+        onnx.save(to_fp16(onnx.load(folder / ONNX_NAME)), folder / ONNX_FP16_NAME)
+    (folder / TRITON_CONFIG_NAME).write_text(triton_config(manifest, num_classes))
+    write_package_manifest(folder, manifest)
+
+
+def _package_manifest(
+    meta: CheckpointMeta,
+    config: Any,
+    *,
+    name: str,
+    version: str,
+    checkpoint: str | Path,
+    max_batch: int,
+    frames_range: tuple[int, int],
+    dynamic_time: bool,
+    parity: dict[str, Any],
+    evaluation: dict[str, Any] | None,
+) -> PackageManifest:
+    """The package's manifest (file hashes are added when it is written)."""
+    inputs, outputs = _io_specs(meta, len(meta.labels), dynamic_time)
+    return PackageManifest(
+        name=name,
+        version=version,
+        task=meta.task or "classification",
+        model_family=meta.model_name,
+        labels=tuple(meta.labels),
+        view_names=tuple(meta.view_names),
+        view_yaws=meta.view_yaws,
+        preprocess=meta.preprocess,
+        view_dropout=float(getattr(config, "view_dropout", 0.0)),
+        inputs=inputs,
+        outputs=outputs,
+        max_batch=max_batch,
+        frames_range=tuple(frames_range),  # type: ignore[arg-type]
+        training={
+            "checkpoint": Path(checkpoint).name,
+            "epoch": meta.epoch,
+            "step": meta.step,
+            "metrics": meta.metrics,
+            "model_config": dataclasses.asdict(config),
+            "evaluation": evaluation,
+        },
+        parity=parity,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        mplstm_version=__version__,
+    )

@@ -115,6 +115,15 @@ def register() -> None:
     if _registered:
         return
     trt, trtp = import_tensorrt()
+    _register_shapes(trtp)
+    _register_autotune(trtp)
+    _register_aot(trt, trtp)
+    _register_impl(trtp)
+    _registered = True
+
+
+def _register_shapes(trtp: ModuleType) -> None:
+    """@trtp.register: output shapes and types from the inputs; the attributes as fields."""
     desc = trtp.TensorDesc
 
     @trtp.register(PLUGIN_ID)
@@ -138,9 +147,18 @@ def register() -> None:
         c_n = trtp.from_shape_expr((dirs, batch, hidden), dtype=X.dtype)
         return y, h_n, c_n
 
+
+def _register_autotune(trtp: ModuleType) -> None:
+    """@trtp.autotune: fp32 or fp16 floats throughout (IO_TYPES); one tactic."""
+
     @trtp.autotune(PLUGIN_ID)
     def _types(X, view_mask, lengths, W, R, bias, outputs) -> list[trtp.AutoTuneCombination]:
         return [trtp.AutoTuneCombination(IO_TYPES)]
+
+
+def _register_aot(trt: ModuleType, trtp: ModuleType) -> None:
+    """@trtp.aot_impl: the Triton kernel's PTX for the build GPU, its launch and scalars."""
+    desc = trtp.TensorDesc
 
     @trtp.aot_impl(PLUGIN_ID)
     def _aot(
@@ -180,6 +198,10 @@ def register() -> None:
         )
         return compiled.name.encode(), compiled.ptx.encode(), launch, scalars
 
+
+def _register_impl(trtp: ModuleType) -> None:
+    """@trtp.impl: the same kernel launched from Python, for a node without `aot=1`."""
+
     @trtp.impl(PLUGIN_ID)
     def _run(
         X: trtp.Tensor,
@@ -205,5 +227,3 @@ def register() -> None:
             )
             for out, result in zip(outputs, results, strict=True):
                 torch.as_tensor(out, device="cuda").copy_(result)
-
-    _registered = True

@@ -13,7 +13,7 @@ import csv
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mplstm.scoring.rows import COLUMNS, ScoreRow
@@ -28,43 +28,30 @@ class OutputError(ValueError):
     """An output folder or file that cannot be used; the message names it."""
 
 
-def _noop() -> None:
-    pass
-
-
-def write_rows(
-    path: Path, rows: Sequence[ScoreRow], fmt: str, *, midway: Callable[[], None] = _noop
-) -> Path:
-    """Write rows to `path` (replacing it) and fsync; `midway` runs with half of them written.
+def write_rows(path: Path, rows: Iterable[ScoreRow], fmt: str) -> Path:
+    """Write rows to `path` (replacing it) as they come, then fsync.
 
     Not atomic by itself: `commit_file` wraps it in a temporary file and a rename.
     """
     if fmt not in FORMATS:
         raise OutputError(f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}")
-    half = len(rows) // 2
-    parts = (rows[:half], rows[half:])
     if fmt == "parquet":
-        _write_parquet(path, parts, midway)
+        _write_parquet(path, rows)
         return path
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = _line_writer(f, fmt)
-        for i, part in enumerate(parts):
-            for row in part:
-                writer(row)
-            f.flush()
-            os.fsync(f.fileno())
-            if i == 0:
-                midway()
+        for row in rows:
+            writer(row)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 
-def commit_file(
-    path: Path, rows: Sequence[ScoreRow], fmt: str, *, midway: Callable[[], None] = _noop
-) -> Path:
+def commit_file(path: Path, rows: Iterable[ScoreRow], fmt: str) -> Path:
     """Write rows to `path` all-or-nothing: a temporary file, fsync, rename, fsync the folder."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
     try:
-        write_rows(tmp, rows, fmt, midway=midway)
+        write_rows(tmp, rows, fmt)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -141,13 +128,13 @@ class ChunkStore:
         """Ids with a committed row (what `--resume` skips)."""
         return {row.id for row in self.rows()}
 
-    def commit(self, rows: Sequence[ScoreRow], *, midway: Callable[[], None] = _noop) -> Path:
+    def commit(self, rows: Iterable[ScoreRow]) -> Path:
         """Commit rows as the next chunk file."""
         # A random token besides the sequence number: two processes that were
         # mistakenly given the same shard never overwrite each other's chunks.
         name = f"{CHUNK_PREFIX}{self._next:06d}-{uuid.uuid4().hex[:8]}.{self.fmt}"
         self._next += 1
-        return commit_file(self.folder / name, rows, self.fmt, midway=midway)
+        return commit_file(self.folder / name, rows, self.fmt)
 
 
 def _sequence(path: Path) -> int:
@@ -197,22 +184,14 @@ def _arrow_schema():
     )
 
 
-def _write_parquet(
-    path: Path, parts: Iterable[Sequence[ScoreRow]], midway: Callable[[], None]
-) -> None:
+def _write_parquet(path: Path, rows: Iterable[ScoreRow]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = _arrow_schema()
+    table = pa.Table.from_pylist([r.to_dict() for r in rows], schema=schema)
     with open(path, "wb") as f:
-        with pq.ParquetWriter(f, schema) as writer:
-            for i, part in enumerate(parts):
-                if part:
-                    table = pa.Table.from_pylist([r.to_dict() for r in part], schema=schema)
-                    writer.write_table(table)
-                f.flush()
-                if i == 0:
-                    midway()
+        pq.write_table(table, f)
         f.flush()
         os.fsync(f.fileno())
 

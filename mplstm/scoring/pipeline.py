@@ -1,11 +1,15 @@
-"""A bounded decode → batch → infer pipeline: decoding in worker processes overlaps inference.
+"""Decoding in worker processes overlaps inference: the batch scorer's two placements.
 
-Worker processes run `core.load_clip` (the service's decoding, with its limits) on a
-window of clips ahead of the model; the main process stacks decoded clips into batches
-and runs the backend on them while the workers go on decoding. At most `window` clips
-are in flight, so memory stays bounded however long the manifest. Results come back in
-completion order: the output is order-independent and keyed by clip id.
+`score_batches` (`Placement.MAIN`, what a GPU wants): the workers decode a window of
+clips ahead of the model, and this process stacks decoded clips into batches and runs
+the backend on them meanwhile. `score_in_workers` (`Placement.WORKERS`, the default on
+a CPU): each worker decodes a batch of clips and infers it with its own session, so no
+frame leaves the process that decoded it. Both run the same worker tasks as the
+service (`mplstm.inference.tasks`) on the same pool (`mplstm.core.worker_pool`), with
+its crash policy; a clip that kills its worker each time becomes an error row.
 
+At most `window` clips (or batches) are in flight, so memory stays bounded however
+long the manifest. Results come in completion order: the output is keyed by clip id.
 A clip that fails to decode becomes an error result, never an exception: one bad file
 must not stop a run over a million clips.
 """
@@ -13,43 +17,35 @@ must not stop a run over a million clips.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from mplstm.core.errors import ClipError
+from mplstm.core.cpus import threads_per_worker
 from mplstm.core.manifest import ClipRecord
-from mplstm.core.preprocess import PreprocessConfig, load_clip
-from mplstm.core.worker_processes import CRASH_ATTEMPTS, WorkerProcesses, decoder_crashed
-from mplstm.scoring.holds import crash_if_told
-from mplstm.service.backends.base import Backend
-
-log = logging.getLogger(__name__)
+from mplstm.core.package import ModelPackage
+from mplstm.core.preprocess import PreprocessConfig
+from mplstm.core.worker_pool import PoolThread, WorkerCrashedError
+from mplstm.inference.backend import Backend
+from mplstm.inference.tasks import (
+    Decoded,
+    Scored,
+    decode,
+    decode_and_infer,
+    decoder_crashed,
+    infer_decoded,
+)
+from mplstm.scoring.hooks import NO_HOOKS, ScoringHooks
 
 # Code of the error row for a failure outside the ClipError family (a decoder bug).
 UNEXPECTED_ERROR = "decode_failed"
 
 X = TypeVar("X")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """A decoded clip (frames and mask), or the error that stopped its decoding."""
-
-    record: ClipRecord
-    frames: np.ndarray | None  # uint8 [V, T, C, H, W]
-    view_mask: np.ndarray | None  # bool [V]
-    seconds: float  # time spent decoding, in whichever process did it
-    error_code: str | None = None
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,81 +70,32 @@ class StageTimes:
     batches: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
-
-def decode_record(record: ClipRecord, config: PreprocessConfig) -> Decoded:
-    """`load_clip` on a manifest record; a failure comes back as an error, not an exception."""
-    crash_if_told(record.id)
-    start = time.perf_counter()
-    try:
-        clip = load_clip(dict(record.views), config)
-    except ClipError as exc:
-        return Decoded(record, None, None, time.perf_counter() - start, exc.code, str(exc))
-    except Exception as exc:  # a decoder bug fails this clip, not the run
-        message = f"unexpected {type(exc).__name__} while decoding: {exc}"
-        return Decoded(record, None, None, time.perf_counter() - start, UNEXPECTED_ERROR, message)
-    return Decoded(record, clip.frames, clip.view_mask, time.perf_counter() - start)
+    def add(self, scored: Sequence[Scored]) -> None:
+        """Count one inference batch's clips (decoded or not) and its time."""
+        self.clips += len(scored)
+        self.decode_s += sum(s.decode_s for s in scored)
+        good = [s for s in scored if s.error is None]
+        if good:
+            self.inference_s += good[0].inference_s
+            self.batches += 1
+            self.batch_sizes.append(len(good))
 
 
-def error_score(decoded: Decoded) -> ClipScore:
-    """The result of a clip that could not be decoded: its error, nothing inferred."""
-    return ClipScore(decoded.record, None, (), decoded.error_code, decoded.error)
+def clip_score(record: ClipRecord, scored: Scored) -> ClipScore:
+    """The scorer's result for a record from a worker task's outcome."""
+    if scored.error is None:
+        return ClipScore(record, scored.probabilities, scored.views_used)
+    code = getattr(scored.error, "code", None)
+    if code is None:  # not a ClipError: a decoder bug fails this clip, not the run
+        message = f"unexpected {type(scored.error).__name__} while decoding: {scored.error}"
+        return ClipScore(record, None, (), UNEXPECTED_ERROR, message)
+    return ClipScore(record, None, (), code, str(scored.error))
 
 
-def crashed_decode(record: ClipRecord) -> Decoded:
-    """The error result of a clip that killed a decode worker each time it was tried."""
+def crashed_score(record: ClipRecord, config: PreprocessConfig) -> Scored:
+    """The outcome of a clip that killed its worker each time it ran."""
     error = decoder_crashed("score it again")
-    return Decoded(record, None, None, 0.0, error.code, str(error))
-
-
-class DecodeWorkers(WorkerProcesses):
-    """Decode worker processes, started once and reused by every batch (and run) given them."""
-
-    def decode(self, record: ClipRecord, config: PreprocessConfig) -> Future[Decoded]:
-        """`decode_record` in a worker."""
-        return self.submit(decode_record, record, config)
-
-
-def decode_all(
-    records: Iterable[ClipRecord],
-    config: PreprocessConfig,
-    workers: DecodeWorkers | None,
-    window: int,
-    times: StageTimes,
-    on_submit: Callable[[], None] = lambda: None,
-) -> Iterator[Decoded]:
-    """Decoded clips in completion order, from `workers` (None: decoded in this process).
-
-    At most `window` clips are submitted and not yet consumed. `on_submit` runs after
-    each submission (a test hook).
-    """
-    if workers is None:
-        for record in records:
-            on_submit()
-            decoded = decode_record(record, config)
-            times.decode_s += decoded.seconds
-            yield decoded
-        return
-    recovery = CrashRecovery(workers.restart, crashed_decode)
-    for decoded in completion_order(
-        records, lambda record: workers.decode(record, config), window, times, on_submit, recovery
-    ):
-        times.decode_s += decoded.seconds
-        yield decoded
-
-
-@dataclass(frozen=True)
-class CrashRecovery(Generic[X, R]):
-    """What `completion_order` does when a worker process dies (a decoder crash).
-
-    Every item in flight then fails with the pool. The pool is replaced, and those
-    items run again one at a time, so that the one that kills a worker on its own is
-    found: split into smaller items if it can be, else given up as `crashed(item)`
-    (a clip has then had CRASH_ATTEMPTS tries: in flight, then alone).
-    """
-
-    restart: Callable[[], None]  # replace the broken pool with fresh workers
-    crashed: Callable[[X], R]  # the result of an item that killed a worker alone
-    split: Callable[[X], list[X]] = lambda item: [item]  # a batch into its clips
+    return Scored(config.view_names or (), None, None, 0.0, 0.0, 0, error)
 
 
 def completion_order(
@@ -156,75 +103,30 @@ def completion_order(
     submit: Callable[[X], Future[R]],
     window: int,
     times: StageTimes,
-    on_submit: Callable[[], None] = lambda: None,
-    recovery: CrashRecovery[X, R] | None = None,
+    on_submit: Callable[[X], None] = lambda item: None,
 ) -> Iterator[R]:
     """`submit` each item, at most `window` unconsumed at once; results as they complete.
 
     Time spent waiting for the next result goes to `times.decode_wait_s`. Leaving early
-    cancels what has not started. Without `recovery`, a dead worker raises
-    BrokenProcessPool.
+    cancels what has not started.
     """
     todo = iter(items)
-    pending: dict[Future[R], X] = {}
-    suspects: deque[X] = deque()  # in flight when a worker died: rerun one at a time
+    pending: set[Future[R]] = set()
     try:
         while True:
-            while not suspects and len(pending) < window:
-                if (item := next(todo, None)) is None:
-                    break
-                try:
-                    pending[submit(item)] = item
-                except BrokenProcessPool:  # a worker died since the last result
-                    if recovery is None:
-                        raise
-                    suspects.append(item)
-                on_submit()
+            while len(pending) < window and (item := next(todo, None)) is not None:
+                pending.add(submit(item))
+                on_submit(item)
             if not pending:
-                if not suspects:
-                    return
-                assert recovery is not None
-                recovery.restart()
-                yield from _isolate(suspects, submit, recovery)
-                continue
+                return
             start = time.perf_counter()
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             times.decode_wait_s += time.perf_counter() - start
             for future in done:
-                item = pending.pop(future)
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
-                    if recovery is None:
-                        raise
-                    suspects.append(item)  # the rest of the pool's futures fail too
-                    continue
-                yield result
+                yield future.result()
     finally:
         for future in pending:
             future.cancel()
-
-
-def _isolate(
-    suspects: deque[X], submit: Callable[[X], Future[R]], recovery: CrashRecovery[X, R]
-) -> Iterator[R]:
-    """Run suspects alone, each on a healthy pool (restarted before), until none is left."""
-    while suspects:
-        item = suspects.popleft()
-        try:
-            result = submit(item).result()
-        except BrokenProcessPool:
-            recovery.restart()
-            parts = recovery.split(item)
-            if len(parts) > 1:
-                suspects.extendleft(reversed(parts))
-            else:
-                log.warning(
-                    "a clip killed a decode worker %d times; scored as an error", CRASH_ATTEMPTS
-                )
-                yield recovery.crashed(item)
-            continue
-        yield result
 
 
 def score_batches(
@@ -233,60 +135,125 @@ def score_batches(
     config: PreprocessConfig,
     *,
     batch_size: int = 8,
-    decode_workers: int | DecodeWorkers = 2,
+    decode_workers: int | PoolThread = 2,
     window: int | None = None,
     times: StageTimes | None = None,
-    on_submit: Callable[[], None] = lambda: None,
+    hooks: ScoringHooks = NO_HOOKS,
 ) -> Iterator[list[ClipScore]]:
     """Score records, yielding one group of results per inference batch (plus error results).
 
-    `decode_workers`: a running `DecodeWorkers`, or a number of processes to start for
-    this call (0: decode in this process). `times` (filled in as it goes) says how long
+    `decode_workers`: a running `PoolThread`, or a number of processes to start for this
+    call (0: decode in this process). `times` (filled in as it goes) says how long
     decoding and inference took.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     times = times if times is not None else StageTimes()
     with contextlib.ExitStack() as stack:
-        workers = decode_workers
-        if isinstance(workers, int):
-            workers = stack.enter_context(DecodeWorkers(workers)) if workers else None
-        yield from _score(records, backend, config, batch_size, workers, window, times, on_submit)
+        pool = decode_workers
+        if isinstance(pool, int):
+            pool = stack.enter_context(PoolThread(pool).start()) if pool else None
+        # Enough clips ahead that the workers never wait while a batch is being inferred.
+        window = window or 2 * batch_size + 2 * (pool.workers if pool else 0)
+        ready: list[tuple[ClipRecord, Decoded]] = []
+        failed: list[tuple[ClipRecord, Decoded]] = []
+        for record, decoded in _decoded(records, config, pool, window, times, hooks):
+            (ready if decoded.error is None else failed).append((record, decoded))
+            if len(ready) >= batch_size or len(failed) >= batch_size:
+                yield _infer(failed + ready, backend, times)
+                ready, failed = [], []
+        if ready or failed:
+            yield _infer(failed + ready, backend, times)
 
 
-def _score(
+def _decoded(
     records: Sequence[ClipRecord],
-    backend: Backend,
     config: PreprocessConfig,
-    batch_size: int,
-    workers: DecodeWorkers | None,
-    window: int | None,
+    pool: PoolThread | None,
+    window: int,
     times: StageTimes,
-    on_submit: Callable[[], None],
+    hooks: ScoringHooks,
+) -> Iterator[tuple[ClipRecord, Decoded]]:
+    """(record, decoded clip) in completion order, from `pool` (None: decoded here)."""
+    if pool is None:
+        for record in records:
+            hooks.clip_submitted()
+            yield record, decode(dict(record.views), config, hooks.before_decode)
+        return
+
+    async def one(record: ClipRecord) -> tuple[ClipRecord, Decoded]:
+        try:
+            return record, await pool.pool.submit(
+                decode, dict(record.views), config, hooks.before_decode
+            )
+        except WorkerCrashedError:
+            crashed = crashed_score(record, config)
+            return record, Decoded(crashed.view_names, None, None, 0.0, crashed.error)
+
+    yield from completion_order(
+        records, lambda r: pool.run(one(r)), window, times, lambda _: hooks.clip_submitted()
+    )
+
+
+def _infer(
+    ready: list[tuple[ClipRecord, Decoded]], backend: Backend, times: StageTimes
+) -> list[ClipScore]:
+    scored = infer_decoded([d for _, d in ready], backend)
+    times.add(scored)
+    return [clip_score(record, s) for (record, _), s in zip(ready, scored, strict=True)]
+
+
+def score_in_workers(
+    records: Sequence[ClipRecord],
+    package: ModelPackage,
+    config: PreprocessConfig,
+    pool: PoolThread,
+    *,
+    batch_size: int = 8,
+    threads: int = 0,
+    window: int | None = None,
+    times: StageTimes | None = None,
+    hooks: ScoringHooks = NO_HOOKS,
 ) -> Iterator[list[ClipScore]]:
-    # Enough clips ahead that the workers never wait while a batch is being inferred.
-    window = window or 2 * batch_size + 2 * (workers.workers if workers else 0)
-    names = config.view_names or ()
-    ready: list[Decoded] = []
-    failed: list[ClipScore] = []
-    for decoded in decode_all(records, config, workers, window, times, on_submit):
-        times.clips += 1
-        if decoded.frames is None:
-            failed.append(error_score(decoded))
-        else:
-            ready.append(decoded)
-        if len(ready) >= batch_size or len(failed) >= batch_size:
-            yield failed + _infer(ready, backend, names, times)
-            ready, failed = [], []
-    if ready or failed:
-        yield failed + _infer(ready, backend, names, times)
+    """Score records in batches of `batch_size`, each decoded and inferred by one worker.
+
+    Yields each batch's results as a worker finishes it. `threads`: ONNX Runtime threads
+    per worker (0: `threads_per_worker`); at most `window` batches (default two per
+    worker) are out at once. Each worker keeps one session: the run's model.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    times = times if times is not None else StageTimes()
+    per_worker = threads_per_worker(pool.workers, threads)
+    batches = [list(records[i : i + batch_size]) for i in range(0, len(records), batch_size)]
+    task: tuple[Any, ...] = (config, package, per_worker, 1, hooks.before_decode)
+
+    async def run(batch: list[ClipRecord]) -> list[list[tuple[ClipRecord, Scored]]]:
+        """The batch's outcomes, as the batches it ran in (a crash splits it)."""
+        try:
+            scored = await pool.pool.submit(decode_and_infer, [dict(r.views) for r in batch], *task)
+        except WorkerCrashedError:
+            if len(batch) == 1:  # killed its worker alone: this clip is the culprit
+                return [[(batch[0], crashed_score(batch[0], config))]]
+            # A batch is not a clip: each of its clips runs on its own to find the culprit.
+            return [ran for record in batch for ran in await run([record])]
+        return [list(zip(batch, scored, strict=True))]
+
+    def submitted(batch: list[ClipRecord]) -> None:
+        for _ in batch:
+            hooks.clip_submitted()
+
+    # The main process only waits here, so its waiting is not a stage: not counted.
+    waited = StageTimes()
+    window = window or 2 * pool.workers
+    for ran in completion_order(batches, lambda b: pool.run(run(b)), window, waited, submitted):
+        for pairs in ran:
+            times.add([s for _, s in pairs])
+        yield [clip_score(record, s) for pairs in ran for record, s in pairs]
 
 
 def score_clips(
-    records: Sequence[ClipRecord],
-    backend: Backend,
-    config: PreprocessConfig,
-    **options: Any,
+    records: Sequence[ClipRecord], backend: Backend, config: PreprocessConfig, **options: Any
 ) -> dict[str, ClipScore]:
     """Clip id → its `ClipScore` (probabilities or error): the whole pipeline, in memory."""
     return {
@@ -294,25 +261,3 @@ def score_clips(
         for group in score_batches(records, backend, config, **options)
         for result in group
     }
-
-
-def _infer(
-    ready: list[Decoded], backend: Backend, names: Sequence[str], times: StageTimes
-) -> list[ClipScore]:
-    if not ready:
-        return []
-    frames = np.stack([d.frames for d in ready])
-    masks = np.stack([d.view_mask for d in ready])
-    start = time.perf_counter()
-    output = backend.infer(frames, masks)
-    times.inference_s += time.perf_counter() - start
-    times.batches += 1
-    times.batch_sizes.append(len(ready))
-    return [
-        ClipScore(
-            d.record,
-            output.probabilities[i],
-            tuple(name for name, used in zip(names, d.view_mask, strict=True) if used),
-        )
-        for i, d in enumerate(ready)
-    ]

@@ -6,21 +6,29 @@ import contextlib
 import dataclasses
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mplstm.core.manifest import read_manifest
+from mplstm.core.manifest import ClipRecord, read_manifest
 from mplstm.core.package import ModelPackage, load_package, resolve_package
-from mplstm.scoring.holds import Holds
+from mplstm.core.preprocess import PreprocessConfig
+from mplstm.core.worker_pool import PoolThread
+from mplstm.inference.options import BackendChoice, BackendOptions, Placement, resolve_placement
+from mplstm.inference.settings import load_inference_settings
+from mplstm.scoring.hooks import NO_HOOKS, ScoringHooks
 from mplstm.scoring.layout import SUMMARY_FILE, RunInfo, claim_run
 from mplstm.scoring.merge import MergeReport, merge_outputs
 from mplstm.scoring.output import ChunkStore, OutputError
-from mplstm.scoring.pipeline import ClipScore, DecodeWorkers, StageTimes, score_batches
+from mplstm.scoring.pipeline import (
+    ClipScore,
+    StageTimes,
+    score_batches,
+    score_in_workers,
+)
 from mplstm.scoring.rows import ScoreRow, error_row, ok_row
 from mplstm.scoring.shards import Shard, select
 from mplstm.scoring.summary import ScoreSummary, summarize
-from mplstm.scoring.worker_inference import score_in_workers
-from mplstm.service.backends.base import Backend
 
 
 @dataclass(frozen=True)
@@ -36,22 +44,11 @@ class ScoreOptions:
     shard: Shard = field(default_factory=Shard)
     resume: bool = False
     top_k: int = 5
-    backend: str = "auto"  # the service's MPLSTM_BACKEND choices
+    backend: BackendChoice = BackendChoice.AUTO  # the service's MPLSTM_BACKEND choices
     device: str = "auto"
-    threads: int = 0  # ONNX Runtime intra-op threads (0: its default; per worker under "workers")
-    inference: str = "auto"  # where the model runs: "main", "workers" or "auto" (see INFERENCE)
+    threads: int = 0  # ONNX Runtime intra-op threads (0: its default; per worker under WORKERS)
+    inference: Placement = Placement.AUTO  # where the model runs (mplstm.inference.options)
     progress: bool = True
-
-
-# Where inference runs. "main": one process, fed by the decode workers (what a GPU wants:
-# every clip in its batches). "workers": each decode worker infers its own batches with
-# ONNX Runtime on the CPU (mplstm.scoring.worker_inference says why that is faster there).
-# "auto": "workers" when the backend would run on the CPU and there are decode workers.
-INFERENCE: tuple[str, ...] = ("auto", "main", "workers")
-
-
-class PlacementError(ValueError):
-    """An `inference` choice this run cannot honour; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -62,120 +59,138 @@ class ScoreResult:
     merged: MergeReport | None
 
 
-def run_scoring(options: ScoreOptions, holds: Holds | None = None) -> ScoreResult:
+@dataclass(frozen=True)
+class _Run:
+    """What a run works with once the package, the shard and the output are open."""
+
+    options: ScoreOptions
+    package: ModelPackage
+    config: PreprocessConfig  # the package's, under the decode limits of MPLSTM_MAX_*
+    backend: BackendOptions
+    store: ChunkStore
+    done: set[str]  # ids committed by an earlier run
+    todo: list[ClipRecord]  # records still to score
+    total: int  # records of the shard
+
+
+def run_scoring(options: ScoreOptions, hooks: ScoringHooks = NO_HOOKS) -> ScoreResult:
     """Score the options' shard of the manifest into `options.out`; resumable."""
     # Before any worker starts or the output folder is claimed.
-    if options.inference not in INFERENCE:
-        raise PlacementError(f"inference must be one of {INFERENCE}, got {options.inference!r}")
-    if options.inference == "workers" and not options.decode_workers:
-        raise PlacementError("--inference workers needs --decode-workers >= 1")
-    holds = holds or Holds.from_env()
+    resolve_placement(
+        options.inference, on_gpu=False, workers=options.decode_workers, what="--inference"
+    )
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         # Started first, so the workers start up while the package is checked and loaded.
-        workers = (
-            stack.enter_context(DecodeWorkers(options.decode_workers).start())
+        pool = (
+            stack.enter_context(PoolThread(options.decode_workers).start())
             if options.decode_workers
-            else 0
+            else None
         )
-        return _run(options, holds, workers, start)
-
-
-def _run(
-    options: ScoreOptions, holds: Holds, workers: DecodeWorkers | int, start: float
-) -> ScoreResult:
-    from tqdm import tqdm
-
-    from mplstm.service.backends.select import open_backend
-    from mplstm.service.settings import load_settings
-
-    package = load_package(resolve_package(options.model))
-    manifest = package.manifest
-    settings = load_settings(
-        backend=options.backend, device=options.device, intra_op_threads=options.threads
-    )
-    records = select(read_manifest(options.manifest, check_files=False), options.shard)
-    store, done = _open_output(options, package)
-    todo = [r for r in records if r.id not in done]
-    # The service's decode limits (MPLSTM_MAX_* apply here too): one decoding path.
-    config = dataclasses.replace(manifest.preprocess_config(), limits=settings.decode_limits())
-    backend = open_backend(package, settings)
-    placement = _placement(options.inference, backend, workers)
-    times = StageTimes()
-    scored = 0
-    bar = tqdm(
-        total=len(records),
-        initial=len(records) - len(todo),
-        unit="clip",
-        desc=f"score {options.shard.name}",
-        disable=not options.progress,
-        file=sys.stderr,
-        smoothing=0.1,
-    )
-    # Engines are built for batches up to the package's max_batch.
-    batch_size = min(options.batch_size, manifest.max_batch)
-    if placement == "workers":
-        assert isinstance(workers, DecodeWorkers)  # _placement picks it only with workers
-        backend.close()  # each worker opens its own session
-        inference_in = f"{workers.workers} decode worker{'s' * (workers.workers > 1)}"
-        groups = score_in_workers(
-            todo,
-            package,
-            config,
-            workers,
-            batch_size=batch_size,
-            threads=options.threads,
-            times=times,
-            on_submit=holds.hook("decode"),
-        )
-    else:
-        inference_in = "main process"
-        groups = score_batches(
-            todo,
-            backend,
-            config,
-            batch_size=batch_size,
-            decode_workers=workers,
-            times=times,
-            on_submit=holds.hook("decode"),
-        )
-    try:
-        with bar:
-            for group in groups:
-                rows = [_row(result, manifest.labels, options.top_k) for result in group]
-                store.commit(rows, midway=holds.hook("write"))
-                holds.passing("between")
-                scored += len(rows)
-                bar.update(len(rows))
-    finally:
-        if placement == "main":
-            backend.close()
+        run = _open_run(options)
+        times = StageTimes()
+        inference_in, scored = _score(run, pool, times, hooks)
     summary = summarize(
-        store.rows(),
-        manifest.labels,
-        model=f"{manifest.name}/{manifest.version}",
+        run.store.rows(),
+        run.package.manifest.labels,
+        model=f"{run.package.manifest.name}/{run.package.manifest.version}",
         shard=options.shard.name,
-        resumed=len(done),
+        resumed=len(run.done),
         scored=scored,
         wall_s=time.perf_counter() - start,
         times=times,
         inference_in=inference_in,
     )
-    summary.write(store.folder / SUMMARY_FILE)
+    summary.write(run.store.folder / SUMMARY_FILE)
     merged = merge_outputs(options.out) if options.shard.count == 1 else None
     return ScoreResult(summary, merged)
 
 
-def _placement(choice: str, backend: Backend, workers: DecodeWorkers | int) -> str:
-    """ "main" or "workers": where this run infers (see INFERENCE; the choice is checked)."""
-    if choice == "workers" and backend.on_gpu:
-        raise PlacementError(
-            f"inference in the workers runs ONNX Runtime on the CPU, but this run's backend is "
-            f"on the GPU ({backend.why}); infer in the main process, or ask for device cpu"
+def _open_run(options: ScoreOptions) -> _Run:
+    package = load_package(resolve_package(options.model))
+    # The service's decode limits (MPLSTM_MAX_* apply here too): one decoding path.
+    settings = load_inference_settings(
+        backend=options.backend, device=options.device, intra_op_threads=options.threads
+    )
+    config = dataclasses.replace(
+        package.manifest.preprocess_config(), limits=settings.decode_limits()
+    )
+    records = select(read_manifest(options.manifest, check_files=False), options.shard)
+    store, done = _open_output(options, package)
+    todo = [r for r in records if r.id not in done]
+    return _Run(
+        options, package, config, settings.backend_options(), store, done, todo, len(records)
+    )
+
+
+def _score(
+    run: _Run, pool: PoolThread | None, times: StageTimes, hooks: ScoringHooks
+) -> tuple[str, int]:
+    """Score the run's records into its store; (where inference ran, rows committed)."""
+    from mplstm.inference.select import open_backend
+
+    options = run.options
+    backend = open_backend(run.package, run.backend)
+    placement = resolve_placement(
+        options.inference,
+        on_gpu=backend.on_gpu,
+        workers=pool.workers if pool else 0,
+        what="--inference",
+    )
+    # Engines are built for batches up to the package's max_batch.
+    batch_size = min(options.batch_size, run.package.manifest.max_batch)
+    if placement is Placement.WORKERS:
+        assert pool is not None  # resolve_placement picks WORKERS only with workers
+        backend.close()  # each worker opens its own session
+        inference_in = f"{pool.workers} decode worker{'s' * (pool.workers > 1)}"
+        groups = score_in_workers(
+            run.todo,
+            run.package,
+            run.config,
+            pool,
+            batch_size=batch_size,
+            threads=options.threads,
+            times=times,
+            hooks=hooks,
         )
-    if choice == "auto":
-        return "workers" if workers and not backend.on_gpu else "main"
-    return choice
+        return inference_in, _commit_all(run, groups, hooks)
+    try:
+        groups = score_batches(
+            run.todo,
+            backend,
+            run.config,
+            batch_size=batch_size,
+            decode_workers=pool or 0,
+            times=times,
+            hooks=hooks,
+        )
+        return "main process", _commit_all(run, groups, hooks)
+    finally:
+        backend.close()
+
+
+def _commit_all(run: _Run, groups: Iterator[list[ClipScore]], hooks: ScoringHooks) -> int:
+    """Commit each group of results as one chunk, with a progress bar; rows committed."""
+    from tqdm import tqdm
+
+    labels = run.package.manifest.labels
+    scored = 0
+    with tqdm(
+        total=run.total,
+        initial=run.total - len(run.todo),
+        unit="clip",
+        desc=f"score {run.options.shard.name}",
+        disable=not run.options.progress,
+        file=sys.stderr,
+        smoothing=0.1,
+    ) as bar:
+        for group in groups:
+            rows = [_row(result, labels, run.options.top_k) for result in group]
+            run.store.commit(hooks.writing(rows))
+            hooks.chunk_committed()
+            scored += len(rows)
+            bar.update(len(rows))
+    return scored
 
 
 def _open_output(options: ScoreOptions, package: ModelPackage) -> tuple[ChunkStore, set[str]]:

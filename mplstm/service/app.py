@@ -2,7 +2,7 @@
 
 Start-up (lifespan) loads and warms up every model, then the server reports ready.
 On SIGTERM uvicorn stops accepting connections and waits for in-flight requests;
-the lifespan's shutdown then drains every batcher and the decode pool.
+the lifespan's shutdown then drains every batcher and the worker processes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from mplstm import __version__
-from mplstm.service.decode_pool import DecodePool
 from mplstm.service.errors import install_error_handlers
 from mplstm.service.limits import BodyLimitMiddleware
 from mplstm.service.logs import RequestIdMiddleware, configure_logging
@@ -24,6 +23,7 @@ from mplstm.service.pipeline import Services
 from mplstm.service.repository import ModelRepository
 from mplstm.service.routes import open_router, router
 from mplstm.service.settings import Settings, load_settings
+from mplstm.service.video_workers import VideoWorkers
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,13 @@ def create_app(settings: Settings) -> FastAPI:
                 "can reach this port can use it"
             )
         metrics = ServiceMetrics()
-        decode_pool = await DecodePool.open(settings.decode_workers, settings.decode_limits())
-        repository = ModelRepository(settings, metrics, decode_pool)
-        app.state.services = Services(settings, repository, decode_pool, metrics)
+        workers = await VideoWorkers.open(settings.decode_workers, settings.decode_limits())
+        repository = ModelRepository(settings, metrics, workers)
+        app.state.services = Services(settings, repository, workers, metrics)
         await repository.load_all()
         # What start-up loaded lives as long as the process: frozen out of the cyclic
-        # GC's sight, full collections stop walking it. They had paused every request in
-        # flight for 25-39 ms, a few times a minute (tensor path, 32 clients, 2 cores).
+        # GC's sight, full collections stop walking it; they had paused every request in
+        # flight (docs/benchmarks.md, design figures).
         gc.freeze()
         log.info("listening; ready=%s", repository.ready)
         try:
@@ -55,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             log.info("shutting down: draining batchers")
             await repository.close()
-            await decode_pool.close()
+            await workers.close()
             log.info("shut down")
 
     app = FastAPI(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mplstm.service.backends.base import InferenceOutput
+from mplstm.inference.backend import InferenceOutput
 from mplstm.service.errors import (
     BadTensorError,
     DeadlineExceededError,

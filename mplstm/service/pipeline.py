@@ -17,13 +17,12 @@ import numpy as np
 from mplstm.core.preprocess import PreprocessConfig
 from mplstm.core.ranking import top_k
 from mplstm.service.batcher import BatchResult
-from mplstm.service.decode_pool import DecodePool
 from mplstm.service.errors import DeadlineExceededError
 from mplstm.service.metrics import ServiceMetrics
 from mplstm.service.repository import LoadedModel, ModelRepository
 from mplstm.service.schemas import ModelRef, Prediction, PredictResponse, Timings
 from mplstm.service.settings import Settings
-from mplstm.service.worker_inference import WorkerInference
+from mplstm.service.video_workers import VideoWorkers, WorkerQueue
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class Services:
 
     settings: Settings
     repository: ModelRepository
-    decode_pool: DecodePool
+    workers: VideoWorkers
     metrics: ServiceMetrics
 
 
@@ -67,16 +66,16 @@ async def predict_views(
     *,
     top_k: int,
     request_id: str,
-    decode_pool: DecodePool,
+    workers: VideoWorkers,
     metrics: ServiceMetrics,
     timeout_s: float,
 ) -> PredictResponse:
     """Uploaded views of one clip -> the model's top-k predictions, with per-stage timings."""
     config = model.preprocess
-    if model.in_workers is not None:
-        scored = await _in_workers(model.in_workers, views, config, timeout_s)
+    if model.worker_queue is not None:
+        scored = await _in_workers(model.worker_queue, views, config, timeout_s)
     else:
-        scored = await _through_batcher(model, views, config, decode_pool, timeout_s)
+        scored = await _through_batcher(model, views, config, workers, timeout_s)
     metrics.observe_stages(model.name, scored.seconds)
     used = zip(scored.view_names, scored.view_mask, strict=True)
     return PredictResponse(
@@ -90,13 +89,13 @@ async def predict_views(
 
 
 async def _in_workers(
-    in_workers: WorkerInference,
+    queue: WorkerQueue,
     views: Mapping[str, BinaryIO],
     config: PreprocessConfig,
     timeout_s: float,
 ) -> _Scored:
     start = time.perf_counter()
-    done = await in_workers.predict(views, config, timeout_s=timeout_s)
+    done = await queue.predict(views, config, timeout_s=timeout_s)
     total = time.perf_counter() - start
     # Queue: waiting for a free worker, and the hand-over both ways.
     queue = max(total - done.decode_s - done.inference_s, 0.0)
@@ -106,6 +105,7 @@ async def _in_workers(
         "inference": done.inference_s,
         "total": total,
     }
+    assert done.view_mask is not None and done.probabilities is not None  # no error
     return _Scored(done.view_names, done.view_mask, done.probabilities, seconds)
 
 
@@ -113,27 +113,28 @@ async def _through_batcher(
     model: LoadedModel,
     views: Mapping[str, BinaryIO],
     config: PreprocessConfig,
-    decode_pool: DecodePool,
+    workers: VideoWorkers,
     timeout_s: float,
 ) -> _Scored:
     start = time.perf_counter()
     try:
-        clip = await asyncio.wait_for(decode_pool.decode(views, config), timeout_s)
+        decoded = await asyncio.wait_for(workers.decode(views, config), timeout_s)
     except TimeoutError:
         raise DeadlineExceededError(
             f"decoding took longer than the {timeout_s:.1f} s request deadline"
         ) from None
-    decoded = time.perf_counter()
+    frames, view_mask = decoded.clip()
+    took = time.perf_counter() - start
     result = await model.batcher.submit(
-        clip.frames[None], clip.view_mask[None], timeout_s=max(timeout_s - (decoded - start), 1e-3)
+        frames[None], view_mask[None], timeout_s=max(timeout_s - took, 1e-3)
     )
     seconds = {
-        "decode": decoded - start,
+        "decode": took,
         "queue": result.queue_s,
         "inference": result.inference_s,
         "total": time.perf_counter() - start,
     }
-    return _Scored(clip.view_names, clip.view_mask, result.probabilities[0], seconds)
+    return _Scored(decoded.view_names, view_mask, result.probabilities[0], seconds)
 
 
 async def infer_tensors(

@@ -26,14 +26,14 @@ from mplstm.core.package import (
     load_package,
 )
 from mplstm.core.preprocess import PreprocessConfig
-from mplstm.service.backends.base import Backend, BackendUnavailableError, dummy_batch
-from mplstm.service.backends.select import open_backend
+from mplstm.inference.backend import Backend, BackendUnavailableError, warm_up
+from mplstm.inference.options import Placement, resolve_placement
+from mplstm.inference.select import open_backend
 from mplstm.service.batcher import DynamicBatcher
-from mplstm.service.decode_pool import DecodePool
 from mplstm.service.errors import ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from mplstm.service.metrics import ServiceMetrics
 from mplstm.service.settings import Settings
-from mplstm.service.worker_inference import WorkerInference, infers_in_workers
+from mplstm.service.video_workers import VideoWorkers, WorkerQueue
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,13 @@ class LoadedModel:
     package: ModelPackage
     backend: Backend
     batcher: DynamicBatcher
-    # Set where the video route infers in the decode workers (CPU), else it uses the batcher.
-    in_workers: WorkerInference | None = None
+    # Set where the video route infers in the workers (Placement.WORKERS), else the batcher.
+    worker_queue: WorkerQueue | None = None
 
     @property
-    def video_inference(self) -> str:
-        """Where /v1 requests run inference: "workers" or "batcher"."""
-        return "workers" if self.in_workers is not None else "batcher"
+    def placement(self) -> Placement:
+        """Where /v1 requests run inference: WORKERS or MAIN (the batcher)."""
+        return Placement.MAIN if self.worker_queue is None else Placement.WORKERS
 
     @property
     def manifest(self) -> PackageManifest:
@@ -81,12 +81,10 @@ class ModelState:
 class ModelRepository:
     """Loads, serves, reloads and unloads the packages under `settings.models_dir`."""
 
-    def __init__(
-        self, settings: Settings, metrics: ServiceMetrics, decode_pool: DecodePool
-    ) -> None:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, workers: VideoWorkers) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.decode_pool = decode_pool
+        self.workers = workers
         self._models: dict[str, LoadedModel] = {}
         self._failures: dict[str, str] = {}
         self._wanted: set[str] = set()
@@ -161,7 +159,7 @@ class ModelRepository:
             self._wanted.add(name)
             try:
                 package, backend = await asyncio.to_thread(self._open, folder)
-                in_workers = await self._video_in_workers(name, package, backend)
+                worker_queue = await self._worker_queue(name, package, backend)
             except (PackageError, BackendUnavailableError, OSError, ValueError) as exc:
                 reason = str(exc)
                 old = self._models.get(name)
@@ -170,17 +168,17 @@ class ModelRepository:
                 if old is None:
                     self._failures[name] = reason
                 raise ModelLoadError(f"model {name!r} failed to load: {reason}{keeps}") from exc
-            model = self._start(name, package, backend, in_workers)
+            model = self._start(name, package, backend, worker_queue)
             old = self._models.get(name)
             self._models[name] = model
             self._failures.pop(name, None)
             self._update_gauges(old, model)
             log.info(
-                "model %s: version %s ready (%s; video inference in the %s)",
+                "model %s: version %s ready (%s; video inference placement: %s)",
                 name,
                 model.version,
-                backend.why,
-                model.video_inference,
+                backend.description,
+                model.placement,
             )
         if old is not None:
             await self._retire(old)
@@ -218,48 +216,46 @@ class ModelRepository:
     def _open(self, folder: Path) -> tuple[ModelPackage, Backend]:
         """Verify, open and warm up a package (blocking: runs in a thread)."""
         package = load_package(folder)
-        backend = open_backend(package, self.settings)
-        pre = package.manifest.preprocess
-        clip, mask = dummy_batch(
-            len(package.manifest.view_names), pre.frames, pre.channels, pre.height, pre.width
-        )
-        try:
-            backend.infer(clip, mask)
-        except Exception as exc:  # whatever the runtime raises, the model cannot serve
-            backend.close()
-            raise BackendUnavailableError(f"warm-up inference failed: {exc}") from exc
+        backend = open_backend(package, self.settings.backend_options())
+        warm_up(backend, package.manifest)
         return package, backend
 
-    async def _video_in_workers(
+    async def _worker_queue(
         self, name: str, package: ModelPackage, backend: Backend
-    ) -> WorkerInference | None:
-        """The model's video route in the decode workers, warmed up there; None: the batcher."""
+    ) -> WorkerQueue | None:
+        """The model's video route in the workers, warmed up there; None: the batcher."""
         try:
-            if not infers_in_workers(self.settings.video_inference, backend.name, backend.on_gpu):
+            placement = resolve_placement(
+                self.settings.video_inference,
+                on_gpu=backend.on_gpu,
+                workers=self.workers.workers,
+                what="MPLSTM_VIDEO_INFERENCE",
+            )
+            if placement is Placement.MAIN:
                 return None
-            in_workers = WorkerInference(
+            queue = WorkerQueue(
                 name,
                 package,
-                self.decode_pool,
+                self.workers,
                 # The usable CPUs shared out: workers infer side by side, one clip each.
-                threads=threads_per_worker(self.decode_pool.workers),
+                threads=threads_per_worker(self.workers.workers),
                 # A session per model served, and one for the old version during a reload.
                 sessions_kept=lambda: len(self._wanted) + 1,
                 max_queue=self.settings.max_queue,
                 metrics=self.metrics,
             )
-            await in_workers.warm_up()
-        except BackendUnavailableError:
+            await queue.warm_up()
+        except (BackendUnavailableError, ValueError):
             backend.close()
             raise
-        return in_workers
+        return queue
 
     def _start(
         self,
         name: str,
         package: ModelPackage,
         backend: Backend,
-        in_workers: WorkerInference | None,
+        worker_queue: WorkerQueue | None,
     ) -> LoadedModel:
         batcher = DynamicBatcher(
             name,
@@ -270,11 +266,11 @@ class ModelRepository:
             metrics=self.metrics,
         )
         batcher.start()
-        return LoadedModel(name, package, backend, batcher, in_workers)
+        return LoadedModel(name, package, backend, batcher, worker_queue)
 
     async def _retire(self, model: LoadedModel) -> None:
-        if model.in_workers is not None:
-            await model.in_workers.stop()
+        if model.worker_queue is not None:
+            await model.worker_queue.stop()
         await model.batcher.stop()
         model.backend.close()
 

@@ -162,8 +162,8 @@ def _summary(model: LoadedModel) -> ModelSummary:
         height=m.preprocess.height,
         width=m.preprocess.width,
         max_batch=model.batcher.max_batch,
-        backend=model.backend.why,
-        video_inference=model.video_inference,
+        backend=model.backend.description,
+        video_inference=model.placement.value,
     )
 
 
@@ -193,7 +193,7 @@ async def _predict(
                 upload.views,
                 top_k=top_k,
                 request_id=request.state.request_id,
-                decode_pool=svc.decode_pool,
+                workers=svc.workers,
                 metrics=svc.metrics,
                 timeout_s=svc.settings.request_timeout_s,
             )

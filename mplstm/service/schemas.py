@@ -51,9 +51,9 @@ class ModelSummary(BaseModel):
     width: int
     max_batch: int
     backend: str
-    video_inference: Literal["workers", "batcher"] = Field(
+    video_inference: Literal["workers", "main"] = Field(
         description="Where /v1 requests run inference: in the decode worker that decoded "
-        "the clip (CPU backends), or through the dynamic batcher"
+        "the clip (CPU backends), or in the main process through the dynamic batcher"
     )
 
 

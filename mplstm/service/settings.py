@@ -12,30 +12,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
 
-from mplstm.core.limits import DecodeLimits
+from mplstm.inference.options import Placement
+from mplstm.inference.settings import (
+    ENV_PREFIX,
+    InferenceSettings,
+    SettingsError,
+    load_settings_of,
+)
 
-ENV_PREFIX = "MPLSTM_"
-_MIB = 2**20
+__all__ = ["ENV_PREFIX", "LogFormat", "Settings", "SettingsError", "load_settings"]
+
 log = logging.getLogger(__name__)
-
-
-class BackendChoice(enum.StrEnum):
-    """Which inference backend serves the models."""
-
-    AUTO = "auto"  # native TensorRT where an engine fits this GPU, else ONNX Runtime
-    ONNXRUNTIME = "onnxruntime"
-    TENSORRT = "tensorrt"
-
-
-class VideoInference(enum.StrEnum):
-    """Where the video route runs inference (`mplstm.service.worker_inference` says why)."""
-
-    AUTO = "auto"  # in the decode workers where the backend is ONNX Runtime on the CPU
-    BATCHER = "batcher"  # the model's dynamic batcher, in the main process
-    WORKERS = "workers"  # in the decode workers (ONNX Runtime on the CPU only)
+_MIB = 2**20
 
 
 class LogFormat(enum.StrEnum):
@@ -43,22 +33,16 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
-class SettingsError(ValueError):
-    """An `MPLSTM_*` variable with an unusable value; the message names it."""
+class Settings(InferenceSettings):
+    """Everything the service reads from its environment (prefix `MPLSTM_`).
 
-
-class Settings(BaseSettings):
-    """Everything the service reads from its environment (prefix `MPLSTM_`)."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    The backend, device and decode limits are `InferenceSettings`, shared with the scorer.
+    """
 
     # Model repository: `<models_dir>/<name>/<version>/`, the newest version of each served.
     models_dir: Path = Path("models")
     # Served by `POST /v1/predict`.
     default_model: str = "demo-lipreading"
-    backend: BackendChoice = BackendChoice.AUTO
-    # "auto" (a GPU where one works, else the CPU), "cpu", "cuda" or "cuda:N".
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     # Largest batch the batcher forms; a package's own max_batch caps it further.
     max_batch: int = Field(32, gt=0, le=4096)
     # How long the first request of a batch waits for others (Triton's max_queue_delay).
@@ -69,24 +53,14 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     # Decode worker processes (0: one per usable CPU: affinity, capped by a cgroup quota).
     decode_workers: int = Field(0, ge=0, le=256)
-    # Where /v1 (video) requests run inference: auto = in the decode worker that decoded
-    # the clip where the backend is ONNX Runtime on the CPU, else the dynamic batcher.
-    video_inference: VideoInference = VideoInference.AUTO
-    # ONNX Runtime intra-op threads of each model's batcher session (0: ONNX Runtime's
-    # default, one per physical core, capped by a cgroup CPU quota). Decode workers that
-    # infer share the usable CPUs out among themselves instead.
-    intra_op_threads: int = Field(0, ge=0, le=256)
+    # Where /v1 (video) requests run inference (`Placement`): auto = in the decode worker
+    # that decoded the clip where the backend computes on the CPU, else main (the dynamic
+    # batcher). /v2 always uses the batcher. "batcher" is the old name of main.
+    video_inference: Placement = Placement.AUTO
     # Whole request body, counted while it streams (chunked uploads included).
     max_upload_bytes: int = Field(256 * _MIB, gt=0)
     # Multipart parts (files and fields) per request.
     max_parts: int = Field(16, gt=0, le=1024)
-    # Per-view decode limits (mplstm.core.limits.DecodeLimits), checked while decoding.
-    max_view_bytes: int = Field(64 * _MIB, gt=0)
-    max_frames: int = Field(3000, gt=0)
-    max_duration_s: float = Field(60.0, gt=0)
-    max_width: int = Field(4096, gt=0)
-    max_height: int = Field(4096, gt=0)
-    max_pixels: int = Field(4096 * 4096, gt=0)
     # Comma-separated keys, and/or a file with one key per line; none: auth is off.
     api_keys: str = Field("", repr=False)
     api_key_file: Path | None = None
@@ -99,16 +73,13 @@ class Settings(BaseSettings):
     # On SIGTERM: stop accepting, then wait this long for in-flight requests.
     graceful_shutdown_s: float = Field(30.0, ge=0)
 
-    def decode_limits(self) -> DecodeLimits:
-        """The `core` decode limits these settings ask for."""
-        return DecodeLimits(
-            max_bytes=self.max_view_bytes,
-            max_duration_s=self.max_duration_s,
-            max_frames=self.max_frames,
-            max_width=self.max_width,
-            max_height=self.max_height,
-            max_pixels=self.max_pixels,
-        )
+    @field_validator("video_inference", mode="before")
+    @classmethod
+    def _old_placement_name(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "batcher":
+            log.warning("MPLSTM_VIDEO_INFERENCE=batcher is now called main; serving it as main")
+            return Placement.MAIN
+        return value
 
     def load_api_keys(self) -> frozenset[str]:
         """Keys from `MPLSTM_API_KEYS` and `MPLSTM_API_KEY_FILE` (blank lines and # comments skipped)."""
@@ -123,20 +94,11 @@ class Settings(BaseSettings):
             keys |= {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
         return frozenset(keys)
 
+    def check(self) -> None:
+        super().check()
+        self.load_api_keys()
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment (and `overrides`); SettingsError naming each bad variable."""
-    try:
-        settings = Settings(**overrides)
-        settings.decode_limits()
-        settings.load_api_keys()
-    except ValidationError as exc:
-        problems = [
-            f"{ENV_PREFIX}{'__'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            f" (got {err.get('input')!r})"
-            for err in exc.errors()
-        ]
-        raise SettingsError("invalid service settings: " + "; ".join(problems)) from None
-    except ValueError as exc:  # DecodeLimits' own checks
-        raise SettingsError(f"invalid decode limits in {ENV_PREFIX}MAX_*: {exc}") from exc
-    return settings
+    return load_settings_of(Settings, **overrides)

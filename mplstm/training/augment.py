@@ -9,37 +9,17 @@ model expects a right one, so it is refused (`flip_permutation` returns None).
 "auto" flips only for lip reading: a mirrored word is the same word, but a mirrored face
 need not be the same identity (the synthetic speakers differ by teeth gaps left or right
 of centre), so identity and unnamed tasks train unflipped unless told `flip = "on"`.
+The settings (`AugmentConfig`, [augment]) live in config.py beside the other sections, so
+the whole schema of a training config is read and checked in one place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-FLIP_CHOICES: tuple[str, ...] = ("auto", "on", "off")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation of training clips; [augment] in the training config."""
-
-    # Pad each view by up to this many pixels (edge values) and crop back to H x W at a
-    # random offset per view: cameras are never framed exactly alike.
-    crop_pad: int = 4
-    # "auto": flip for lip reading when the data set gives view angles and every view has
-    # its mirror; "on" flips whatever the task (still needs the angles).
-    flip: str = "auto"
-    # Replace a random run of up to this many frames (same run in every view, which are
-    # synchronized) by each view's mean frame, as lip-reading training does; 0 turns it off.
-    time_mask: int = 0
-
-    def __post_init__(self) -> None:
-        if self.crop_pad < 0 or self.time_mask < 0:
-            raise ValueError("augment.crop_pad and augment.time_mask must be >= 0")
-        if self.flip not in FLIP_CHOICES:
-            raise ValueError(f"augment.flip must be one of {FLIP_CHOICES}, got {self.flip!r}")
+from mplstm.training.config import AugmentConfig
 
 
 def flip_permutation(yaws: Sequence[float] | None, tolerance: float = 1.0) -> np.ndarray | None:

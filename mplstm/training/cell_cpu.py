@@ -126,8 +126,8 @@ def input_projection(x: Tensor, weight_ih: Tensor) -> Tensor:
     """x [B, T, P, D] times weight_ih [P, 4U, D] → [P, B, T, 4U], biases left to the kernel.
 
     One GEMM per view over all steps, into one buffer: torch's bmm splits its threads over
-    the P batch entries, which leaves a core idle for a third of the time when P = 5 on 2
-    cores (18.3 against 14.4 ms at B=32, T=30, D=U=256); each mm uses every thread.
+    the P batch entries, which leaves a core idle for part of the time when P = 5 on 2
+    cores (docs/benchmarks.md, design figures); each mm uses every thread.
     """
     batch, steps, views, dim = x.shape
     proj = x.new_empty(views, batch * steps, weight_ih.shape[1])

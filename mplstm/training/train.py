@@ -1,10 +1,11 @@
 """Training, torchvision-reference style: `get_args_parser`, `train_one_epoch`, `validate`, `main`.
 
-Config: a TOML file with [model] (name + the family's config fields), [data]
-(preprocessing: T, H, W, channels, mean/std or "auto"), [train] (AdamW, cosine schedule,
-batch size, seed, ...) and [augment]; then ``--set section.key=value`` overrides, then
-flags. No module-level state: everything a run needs is passed in, so sweeps and
-launchers can call `main(args)`.
+`main` is three steps, each usable alone by a launcher or a test: `set_up_run` (config,
+data, model, optimizer; new or resumed), `fit` (the epochs) and `finish_run` (history,
+curves, evaluation of best.pt). What a run is configured with (TOML, ``--set``, flags)
+is config.py's, which stays torch-free; this module turns it into tensors. No
+module-level state: everything a run needs is passed in, so sweeps and launchers can call
+`main(args)`.
 
 Determinism: weights from `torch.manual_seed(seed)`, the clip order of an epoch from
 (seed, epoch), augmentation from (seed, epoch, clip index); a checkpoint stores the
@@ -24,7 +25,6 @@ import json
 import math
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +36,23 @@ from torch import nn
 from tqdm import tqdm
 
 from mplstm.core.preprocess import PreprocessConfig
-from mplstm.training.augment import Augment, AugmentConfig
+from mplstm.training.augment import Augment
 from mplstm.training.checkpoint import (
     CheckpointMeta,
     load_checkpoint,
     meta_from_checkpoint,
     model_config_dict,
     save_checkpoint,
+)
+from mplstm.training.config import (
+    ConfigError,
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    add_train_arguments,
+    check_train_config,
+    flag_overrides,
+    load_config,
 )
 from mplstm.training.data import (
     ClipDataset,
@@ -67,130 +77,8 @@ from mplstm.training.models import get_model
 from mplstm.training.plots import plot_curves
 
 
-class ConfigError(ValueError):
-    """A training config (file, --set, flags) that cannot be used; the message says which key."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """[data]: how clips become model input (stored in checkpoints as the preprocessing)."""
-
-    frames: int = 20  # T
-    height: int = 64
-    width: int = 64
-    channels: int = 1  # 1 grayscale (lip-reading convention), 3 RGB
-    # Normalisation on a 0-1 scale; "auto" measures it on up to `stats_clips` training clips.
-    mean: float | list[float] | str = "auto"
-    std: float | list[float] | str = "auto"
-    stats_clips: int = 64
-    sync_tolerance_s: float = 0.2
-    # Decoded-clip cache; "" = <manifest folder>/.mplstm-cache, "none" = decode every time.
-    cache_dir: str = ""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """[train]: optimisation and the loop."""
-
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 2e-3  # peak, after warm-up
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to lr * min_lr_ratio
-    min_lr_ratio: float = 0.01
-    label_smoothing: float = 0.1
-    grad_clip: float = 5.0  # max gradient norm; 0 turns clipping off
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
-    seed: int = 0
-    workers: int = 0  # DataLoader processes; 0 is fastest on 2 cores once clips are cached
-    # Epochs trained on every view before the model's view_dropout starts: dropped views
-    # from the first step kept a 5-view model on the frontal cue alone (docs/results.md).
-    view_dropout_start_epoch: int = 0
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """The whole resolved config of a run (saved in every checkpoint and in config.json)."""
-
-    # Families share ModelConfig's view_dropout; 0.2 keeps a model working with a camera down.
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "mplstm", "view_dropout": 0.2})
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        """Build from nested dicts, refusing unknown sections and keys by name."""
-        sections = {"data": DataConfig, "train": TrainConfig, "augment": AugmentConfig}
-        unknown = sorted(set(values) - {"model", *sections})
-        if unknown:
-            raise ConfigError(
-                f"unknown config section(s) {unknown}; use model, {', '.join(sections)}"
-            )
-        built: dict[str, Any] = {}
-        for name, section_class in sections.items():
-            given = dict(values.get(name, {}))
-            known = {f.name for f in dataclasses.fields(section_class)}
-            bad = sorted(set(given) - known)
-            if bad:
-                raise ConfigError(
-                    f"unknown key(s) {bad} in [{name}]; known: {', '.join(sorted(known))}"
-                )
-            try:
-                built[name] = section_class(**given)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"[{name}]: {exc}") from exc
-        model = {**cls().model, **values.get("model", {})}
-        return cls(model=model, **built)
-
-
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a TOML config (or start from defaults) and apply section.key=value overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        values.setdefault(section, {})[name] = _toml_value(raw.strip())
-    return RunConfig.from_dict(values)
-
-
-def _toml_value(raw: str) -> Any:
-    """A TOML value (number, bool, array, quoted string); a bare word is taken as a string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def flag_overrides(args: argparse.Namespace) -> list[str]:
-    """--set items, then the shortcut flags (which win)."""
-    pairs = [
-        ("model.name", args.model, json.dumps),
-        ("train.epochs", args.epochs, str),
-        ("train.batch_size", args.batch_size, str),
-        ("train.lr", args.lr, repr),
-        ("train.seed", args.seed, str),
-        ("train.workers", args.workers, str),
-    ]
-    return [*args.overrides, *(f"{k}={fmt(v)}" for k, v, fmt in pairs if v is not None)]
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The training options, as `mplstm train` takes them."""
-    from mplstm.cli.train import add_train_arguments
-
     parser = argparse.ArgumentParser(description="mplstm training", add_help=add_help)
     return add_train_arguments(parser)
 
@@ -499,6 +387,44 @@ def _measure_normalisation(
     )
 
 
+@dataclass
+class Run:
+    """What the steps of one run share: built by `set_up_run`, advanced by `fit`, closed
+    by `finish_run`."""
+
+    out: Path
+    world: World
+    config: RunConfig
+    manifest: Path
+    spec: DataSpec
+    cache_dir: Path | None
+    train_set: ClipDataset
+    val_set: ClipDataset
+    local_batch: int  # this rank's share of train.batch_size
+    # `trained` is what steps (DDP under torchrun); `model` the module inside it, which
+    # checkpoints save and validation runs.
+    trained: nn.Module
+    model: nn.Module
+    meta: CheckpointMeta
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    criterion: nn.Module
+    steps_per_epoch: int
+    progress: Progress = field(default_factory=Progress)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.epochs * self.steps_per_epoch
+
+    @property
+    def warmup_steps(self) -> int:
+        warmup = round(self.config.train.warmup_epochs * self.steps_per_epoch)
+        return max(0, min(warmup, self.total_steps - 1))
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.warmup_steps, self.config.train)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or resume), keep best.pt and last.pt, plot curves, evaluate best.pt; return a summary.
 
@@ -518,16 +444,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace, world: World) -> dict[str, Any]:
     """`main` on this rank of `world` (one process: the whole run)."""
-    device = world.device
-    out: Path = args.out
+    run = set_up_run(args, world)
+    stopped = fit(run, args.time_limit, show_progress=not args.no_progress)
+    return finish_run(run, stopped, args.eval_split, show_progress=not args.no_progress)
+
+
+def set_up_run(args: argparse.Namespace, world: World) -> Run:
+    """Config, data, model, optimizer and progress of a new run, or of a resumed one as it
+    was saved; writes OUT/config.json."""
     config, manifest, resumed = _settings(args)
     tc = config.train
-    if tc.epochs < 1 or tc.batch_size < 1:
-        raise ConfigError("train.epochs and train.batch_size must be >= 1")
-    if tc.view_dropout_start_epoch < 0:
-        raise ConfigError(
-            f"train.view_dropout_start_epoch must be >= 0, got {tc.view_dropout_start_epoch}"
-        )
+    check_train_config(tc)
     local_batch = local_batch_size(tc.batch_size, world)
 
     spec = read_data_spec(manifest)
@@ -538,199 +465,264 @@ def _train(args: argparse.Namespace, world: World) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     cache_dir = _cache_dir(config.data, manifest)
-    preprocess = (
-        meta_from_checkpoint(resumed).preprocess if resumed else _preprocess(config.data, spec)
-    )
-    if resumed is None:
-        # Rank 0 measures (and caches what it decodes); the others take its numbers.
-        if world.is_main:
-            unaugmented = ClipDataset(spec.split("train"), spec.labels, preprocess, cache_dir)
-            preprocess = _measure_normalisation(config.data, preprocess, unaugmented)
-        preprocess = world.broadcast(preprocess)
+    preprocess = _run_preprocess(config.data, spec, cache_dir, resumed, world)
     train_set = ClipDataset(
         spec.split("train"), spec.labels, preprocess, cache_dir, augment, tc.seed
     )
     val_set = ClipDataset(spec.split("val"), spec.labels, preprocess, cache_dir)
 
     torch.manual_seed(tc.seed)
+    model, meta = _new_model(config, spec, preprocess) if resumed is None else _saved_model(resumed)
+    trained = wrap(model.to(world.device), world)
+    run = Run(
+        out=args.out,
+        world=world,
+        config=config,
+        manifest=manifest,
+        spec=spec,
+        cache_dir=cache_dir,
+        train_set=train_set,
+        val_set=val_set,
+        local_batch=local_batch,
+        trained=trained,
+        model=getattr(trained, "module", trained),
+        meta=meta,
+        optimizer=torch.optim.AdamW(trained.parameters(), lr=tc.lr, weight_decay=tc.weight_decay),
+        precision=Precision.for_device(world.device, tc.amp),
+        criterion=nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing, reduction="none"),
+        steps_per_epoch=math.ceil(len(train_set) / tc.batch_size),
+    )
     if resumed is None:
-        model, meta = _new_model(config, spec, preprocess)
+        _start(run, augment.flips)
     else:
-        meta = meta_from_checkpoint(resumed)
-        model = get_model(meta.model_name, **meta.model_config)
-        model.load_state_dict(resumed["model"]["state_dict"])
-    # `trained` is what steps (DDP under torchrun); `model` the module inside it, which
-    # checkpoints save and validation runs.
-    trained = wrap(model.to(device), world)
-    model = getattr(trained, "module", trained)
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    precision = Precision.for_device(device, tc.amp)
-    criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing, reduction="none")
-    steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
-    total_steps = tc.epochs * steps_per_epoch
-    warmup_steps = max(0, min(round(tc.warmup_epochs * steps_per_epoch), total_steps - 1))
-
-    progress = Progress()
-    if resumed is not None:
-        state = resumed["train"]
-        optimizer.load_state_dict(state["optimizer"])
-        if precision.scaler is not None and state.get("scaler"):
-            precision.scaler.load_state_dict(state["scaler"])
-        progress = Progress.from_dict(state["progress"])
-        if not world.is_main:
-            # The saved epoch totals are every rank's: rank 0 carries them on, alone.
-            saved = progress.current
-            progress.current = EpochState(batches=saved.batches, seconds=saved.seconds)
-        rng = state.get("rank_rng") or [{"cpu": state["torch_rng"], "cuda": state.get("cuda_rng")}]
-        world.restore_rng(rng, tc.seed, progress.step)
-        world.log(
-            f"resuming {out} at epoch {progress.epochs_done(steps_per_epoch):g}, step "
-            f"{progress.step} on {world.size} process(es)"
-        )
-    else:
-        if world.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        world.restore_rng(None, tc.seed)
-        world.log(
-            f"training {meta.model_name} ({sum(p.numel() for p in model.parameters()):,} "
-            f"parameters) on {len(train_set)} clips, {len(spec.labels)} classes, views "
-            f"{list(spec.view_names)}; mean {tuple(round(m, 4) for m in preprocess.mean)} std "
-            f"{tuple(round(s, 4) for s in preprocess.std)}; flip "
-            f"{'on' if augment.flips else 'off'}; device {device}"
-            + (f", {world.size} processes" if world.distributed else "")
-        )
+        _restore(run, resumed["train"])
     if world.is_main:
-        (out / "config.json").write_text(
+        (run.out / "config.json").write_text(
             json.dumps({"manifest": str(manifest), **config.to_dict()}, indent=2) + "\n"
         )
+    return run
 
-    def save(names: Sequence[str], metrics: dict[str, float]) -> None:
-        """Every rank hands in its RNG state; rank 0 writes the checkpoints."""
-        rng = world.rng_states()
-        if not world.is_main:
-            return
-        meta.epoch = progress.epochs_done(steps_per_epoch)
-        meta.step = progress.step
-        meta.metrics = metrics
-        train_state = {
-            "config": config.to_dict(),
-            "manifest": str(manifest),
-            "progress": progress.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": precision.scaler.state_dict() if precision.scaler else None,
-            "torch_rng": rng[0]["cpu"],
-            "cuda_rng": rng[0]["cuda"],
-            "world_size": world.size,
-            "rank_rng": rng,
-        }
-        for name in names:
-            save_checkpoint(out / name, model, meta, train_state)
 
-    deadline = math.inf if args.time_limit is None else time.monotonic() + args.time_limit * 60
+def _run_preprocess(
+    config: DataConfig,
+    spec: DataSpec,
+    cache_dir: Path | None,
+    resumed: dict[str, Any] | None,
+    world: World,
+) -> PreprocessConfig:
+    """A resumed run's saved preprocessing, or a new run's with "auto" mean/std measured."""
+    if resumed is not None:
+        return meta_from_checkpoint(resumed).preprocess
+    preprocess = _preprocess(config, spec)
+    # Rank 0 measures (and caches what it decodes); the others take its numbers.
+    if world.is_main:
+        unaugmented = ClipDataset(spec.split("train"), spec.labels, preprocess, cache_dir)
+        preprocess = _measure_normalisation(config, preprocess, unaugmented)
+    return world.broadcast(preprocess)
+
+
+def _saved_model(resumed: dict[str, Any]) -> tuple[nn.Module, CheckpointMeta]:
+    """The model of a checkpoint, rebuilt from the checkpoint alone."""
+    meta = meta_from_checkpoint(resumed)
+    model = get_model(meta.model_name, **meta.model_config)
+    model.load_state_dict(resumed["model"]["state_dict"])
+    return model, meta
+
+
+def _start(run: Run, flips: bool) -> None:
+    """A new run: its folder, every rank's RNG from the seed, and what it is training."""
+    world, preprocess = run.world, run.meta.preprocess
+    if world.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+    world.restore_rng(None, run.config.train.seed)
+    world.log(
+        f"training {run.meta.model_name} ({sum(p.numel() for p in run.model.parameters()):,} "
+        f"parameters) on {len(run.train_set)} clips, {len(run.spec.labels)} classes, views "
+        f"{list(run.spec.view_names)}; mean {tuple(round(m, 4) for m in preprocess.mean)} std "
+        f"{tuple(round(s, 4) for s in preprocess.std)}; flip "
+        f"{'on' if flips else 'off'}; device {world.device}"
+        + (f", {world.size} processes" if world.distributed else "")
+    )
+
+
+def _restore(run: Run, state: dict[str, Any]) -> None:
+    """A resumed run: optimizer, grad scaler, progress and every rank's RNG as saved."""
+    world = run.world
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.precision.scaler is not None and state.get("scaler"):
+        run.precision.scaler.load_state_dict(state["scaler"])
+    progress = run.progress = Progress.from_dict(state["progress"])
+    if not world.is_main:
+        # The saved epoch totals are every rank's: rank 0 carries them on, alone.
+        saved = progress.current
+        progress.current = EpochState(batches=saved.batches, seconds=saved.seconds)
+    rng = state.get("rank_rng") or [{"cpu": state["torch_rng"], "cuda": state.get("cuda_rng")}]
+    world.restore_rng(rng, run.config.train.seed, progress.step)
+    world.log(
+        f"resuming {run.out} at epoch {progress.epochs_done(run.steps_per_epoch):g}, step "
+        f"{progress.step} on {world.size} process(es)"
+    )
+
+
+def save_checkpoints(run: Run, names: Sequence[str], metrics: dict[str, float]) -> None:
+    """Every rank hands in its RNG state; rank 0 writes the checkpoints."""
+    world, progress, meta = run.world, run.progress, run.meta
+    rng = world.rng_states()
+    if not world.is_main:
+        return
+    meta.epoch = progress.epochs_done(run.steps_per_epoch)
+    meta.step = progress.step
+    meta.metrics = metrics
+    train_state = {
+        "config": run.config.to_dict(),
+        "manifest": str(run.manifest),
+        "progress": progress.to_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.precision.scaler.state_dict() if run.precision.scaler else None,
+        "torch_rng": rng[0]["cpu"],
+        "cuda_rng": rng[0]["cuda"],
+        "world_size": world.size,
+        "rank_rng": rng,
+    }
+    for name in names:
+        save_checkpoint(run.out / name, run.model, meta, train_state)
+
+
+def fit(run: Run, time_limit: float | None = None, show_progress: bool = True) -> bool:
+    """Train the remaining epochs, validating and saving after each; returns whether
+    `time_limit` (minutes) stopped the run first, mid-epoch, with a resumable last.pt."""
+    world, tc = run.world, run.config.train
+    deadline = math.inf if time_limit is None else time.monotonic() + time_limit * 60
 
     def should_stop() -> bool:
         # Decided together: a rank that stopped alone would leave the others waiting.
-        return args.time_limit is not None and world.any(time.monotonic() >= deadline)
+        return time_limit is not None and world.any(time.monotonic() >= deadline)
 
-    val_order = shard(len(val_set), world)
-    val_loader = make_loader(val_set, local_batch, tc.workers, val_order) if val_order else None
+    val_order = shard(len(run.val_set), world)
+    val_loader = (
+        make_loader(run.val_set, run.local_batch, tc.workers, val_order) if val_order else None
+    )
     stopped = False
-    while progress.epoch < tc.epochs and not stopped:
-        # The epoch's order depends on (seed, epoch) only; a resumed epoch skips what it did.
-        sampler = GlobalBatchSampler(
-            len(train_set), world, tc.batch_size, tc.seed, progress.current.batches
-        )
-        sampler.set_epoch(progress.epoch)
-        train_set.set_epoch(progress.epoch)
-        model.drop_views_in_training = progress.epoch >= tc.view_dropout_start_epoch
-        loader = make_loader(
-            train_set,
-            sampler.local_batch,
-            tc.workers,
-            list(sampler),
-            pin_memory=device.type == "cuda",
-        )
-        progress.step, stopped = train_one_epoch(
-            trained,
-            loader,
-            optimizer,
-            criterion,
-            device,
-            progress.current,
-            step=progress.step,
-            lr_fn=lambda step: lr_at(step, total_steps, warmup_steps, tc),
-            config=tc,
-            precision=precision,
-            sampler=sampler,
-            should_stop=should_stop,
-            desc=f"epoch {progress.epoch + 1}/{tc.epochs}",
-            progress=world.is_main and not args.no_progress,
-        )
-        current = progress.current = progress.current.reduced(world)
-        row = {
-            "epoch": progress.epochs_done(steps_per_epoch),
-            "step": progress.step,
-            "train_loss": current.loss,
-            "train_acc": current.acc,
-            "clips_per_s": current.clips / max(current.seconds, 1e-9),
+    while run.progress.epoch < tc.epochs and not stopped:
+        stopped = _fit_epoch(run, should_stop, show_progress)
+        _close_epoch(run, val_loader)
+    return stopped
+
+
+def _fit_epoch(run: Run, should_stop: Callable[[], bool], show_progress: bool) -> bool:
+    """Train (the rest of) the epoch in progress; returns whether `should_stop` cut it short."""
+    progress, tc, world = run.progress, run.config.train, run.world
+    # The epoch's order depends on (seed, epoch) only; a resumed epoch skips what it did.
+    sampler = GlobalBatchSampler(
+        len(run.train_set), world, tc.batch_size, tc.seed, progress.current.batches
+    )
+    sampler.set_epoch(progress.epoch)
+    run.train_set.set_epoch(progress.epoch)
+    run.model.drop_views_in_training = progress.epoch >= tc.view_dropout_start_epoch
+    loader = make_loader(
+        run.train_set,
+        sampler.local_batch,
+        tc.workers,
+        list(sampler),
+        pin_memory=world.device.type == "cuda",
+    )
+    progress.step, stopped = train_one_epoch(
+        run.trained,
+        loader,
+        run.optimizer,
+        run.criterion,
+        world.device,
+        progress.current,
+        step=progress.step,
+        lr_fn=run.lr,
+        config=tc,
+        precision=run.precision,
+        sampler=sampler,
+        should_stop=should_stop,
+        desc=f"epoch {progress.epoch + 1}/{tc.epochs}",
+        progress=world.is_main and show_progress,
+    )
+    return stopped
+
+
+def _close_epoch(run: Run, val_loader: torch.utils.data.DataLoader | None) -> None:
+    """Sum the epoch's totals over the ranks, validate, keep the best, save and log."""
+    progress, world = run.progress, run.world
+    current = progress.current = progress.current.reduced(world)
+    row = {
+        "epoch": progress.epochs_done(run.steps_per_epoch),
+        "step": progress.step,
+        "train_loss": current.loss,
+        "train_acc": current.acc,
+        "clips_per_s": current.clips / max(current.seconds, 1e-9),
+    }
+    if len(run.val_set):
+        row.update(validate(run.model, val_loader, world.device, world))
+    progress.history.append(row)
+    if current.batches >= run.steps_per_epoch:
+        progress.epoch, progress.current = progress.epoch + 1, EpochState()
+    best = progress.best
+    improved = not len(run.val_set) or (row["val_acc"], -row["val_loss"]) > (
+        best["val_acc"],
+        -best["val_loss"],
+    )
+    metrics = {k: v for k, v in row.items() if k != "epoch"}
+    if improved:
+        progress.best = {
+            "val_acc": row.get("val_acc", math.nan),
+            "val_loss": row.get("val_loss", math.nan),
+            "epoch": row["epoch"],
         }
-        if len(val_set):
-            row.update(validate(model, val_loader, device, world))
-        progress.history.append(row)
-        if current.batches >= steps_per_epoch:
-            progress.epoch, progress.current = progress.epoch + 1, EpochState()
-        best = progress.best
-        improved = not len(val_set) or (row["val_acc"], -row["val_loss"]) > (
-            best["val_acc"],
-            -best["val_loss"],
-        )
-        metrics = {k: v for k, v in row.items() if k != "epoch"}
-        if improved:
-            progress.best = {
-                "val_acc": row.get("val_acc", math.nan),
-                "val_loss": row.get("val_loss", math.nan),
-                "epoch": row["epoch"],
-            }
-        save(["best.pt", "last.pt"] if improved else ["last.pt"], metrics)
-        world.log(_epoch_line(row, tc.epochs, improved))
+    save_checkpoints(run, ["best.pt", "last.pt"] if improved else ["last.pt"], metrics)
+    world.log(_epoch_line(row, run.config.train.epochs, improved))
+
+
+def finish_run(
+    run: Run, stopped: bool, eval_split: str = "test", show_progress: bool = True
+) -> dict[str, Any]:
+    """Write history.json and curves.png, evaluate best.pt on `eval_split` ("none": skip);
+    returns the run's summary (rank 0 alone writes and evaluates)."""
+    progress = run.progress
     summary: dict[str, Any] = {
-        "out": str(out),
+        "out": str(run.out),
         "stopped_early": stopped,
         "best": progress.best,
         "step": progress.step,
-        "world_size": world.size,
+        "world_size": run.world.size,
     }
-    if not world.is_main:
+    if not run.world.is_main:
         return summary
-    (out / "history.json").write_text(json.dumps(progress.history, indent=2) + "\n")
-    plot_curves(progress.history, out / "curves.png")
+    (run.out / "history.json").write_text(json.dumps(progress.history, indent=2) + "\n")
+    plot_curves(progress.history, run.out / "curves.png")
     if stopped:
         print(
             f"time limit reached: stopped at step {progress.step}; "
-            f"continue with: mplstm train --out {out} --resume"
+            f"continue with: mplstm train --out {run.out} --resume"
         )
-    if args.eval_split != "none" and spec.split(args.eval_split):
-        report, paths = evaluate_checkpoint(
-            out / "best.pt",
-            manifest,
-            args.eval_split,
-            out / f"eval-{args.eval_split}",
-            batch_size=tc.batch_size,
-            workers=tc.workers,
-            device=device,
-            cache_dir=cache_dir,
-            progress=not args.no_progress,
-        )
-        summary["eval"] = {
-            "accuracy": report.accuracy,
-            "top5": report.top5,
-            "report": str(paths["markdown"]),
-        }
-        print(
-            f"best.pt on {args.eval_split}: accuracy {report.accuracy:.1%}, top-{report.top_k} "
-            f"{report.top5:.1%} ({report.clips} clips); report {paths['markdown']}"
-        )
+    if eval_split != "none" and run.spec.split(eval_split):
+        summary["eval"] = _evaluate_best(run, eval_split, show_progress)
     return summary
+
+
+def _evaluate_best(run: Run, split: str, show_progress: bool) -> dict[str, Any]:
+    """Evaluate OUT/best.pt on `split` into OUT/eval-SPLIT; print and return the headline."""
+    tc = run.config.train
+    report, paths = evaluate_checkpoint(
+        run.out / "best.pt",
+        run.manifest,
+        split,
+        run.out / f"eval-{split}",
+        batch_size=tc.batch_size,
+        workers=tc.workers,
+        device=run.world.device,
+        cache_dir=run.cache_dir,
+        progress=show_progress,
+    )
+    print(
+        f"best.pt on {split}: accuracy {report.accuracy:.1%}, top-{report.top_k} "
+        f"{report.top5:.1%} ({report.clips} clips); report {paths['markdown']}"
+    )
+    return {"accuracy": report.accuracy, "top5": report.top5, "report": str(paths["markdown"])}
 
 
 def _epoch_line(row: dict[str, float], epochs: int, improved: bool) -> str:

@@ -26,10 +26,9 @@ from mplstm.export.onnx_cell import (
     single_layer_model,
 )
 from mplstm.export.ptx import compile_ptx
+from mplstm.inference.parity import TOLERANCES
 from mplstm.training.cell import MPLSTM, gate_vector, input_projection, prepare_gates, recurrence
 
-FP32_ATOL = 1e-5
-FP16_ATOL = 5e-3
 # Five samples with uneven lengths and missing views (every sample keeps one view).
 VIEW_MASK = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
 LENGTHS = torch.tensor([6, 3, 1, 5, 4])
@@ -104,7 +103,7 @@ def test_kernel_recurrence_matches_torch_recurrence_in_fp32(
     got = mplstm_recurrence_triton(proj, weight_hh_t, peep, valid, reverse, hard)
 
     assert [g.shape for g in got] == [e.shape for e in expected]
-    assert max(_max_errors(expected, got)) < FP32_ATOL
+    assert max(_max_errors(expected, got)) < TOLERANCES["kernel-fp32"]
 
 
 @pytest.mark.parametrize(
@@ -127,7 +126,7 @@ def test_node_kernel_matches_the_pytorch_layer_in_fp32(options: dict) -> None:
 
     got = _run_node_kernel(layer, x, torch.float32)
 
-    assert max(_max_errors((out, h_n, c_n), got)) < FP32_ATOL
+    assert max(_max_errors((out, h_n, c_n), got)) < TOLERANCES["kernel-fp32"]
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
@@ -143,7 +142,7 @@ def test_node_kernel_in_fp16_matches_the_fp32_layer_within_the_stated_tolerance(
     got = _run_node_kernel(layer, x, torch.float16)
 
     assert all(g.dtype == torch.float16 for g in got)
-    assert max(_max_errors((out, h_n, c_n), got)) < FP16_ATOL
+    assert max(_max_errors((out, h_n, c_n), got)) < TOLERANCES["kernel-fp16"]
 
 
 def test_node_kernel_takes_the_onnx_node_inputs_in_order_and_matches_its_body_in_ort() -> None:
@@ -165,7 +164,7 @@ def test_node_kernel_takes_the_onnx_node_inputs_in_order_and_matches_its_body_in
     )
 
     for e, g in zip(expected, got, strict=True):
-        np.testing.assert_allclose(g.numpy(), e, atol=FP32_ATOL, rtol=0)
+        np.testing.assert_allclose(g.numpy(), e, atol=TOLERANCES["kernel-fp32"], rtol=0)
 
 
 def test_masked_view_input_does_not_reach_the_kernel_outputs() -> None:

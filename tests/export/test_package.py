@@ -152,12 +152,12 @@ def test_random_inputs_keep_at_least_one_view_in_every_masked_row() -> None:
 def test_export_with_tensorrt_on_a_host_without_it_fails_before_exporting(
     tiny_checkpoint: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mplstm.export import tensorrt_build
+    from mplstm.inference.tensorrt import TensorRTError, current_gpu, tensorrt_version
 
     try:
-        tensorrt_build.tensorrt_version()
-        tensorrt_build.current_gpu()
-    except (tensorrt_build.GPUUnavailableError, tensorrt_build.EngineIncompatibleError):
+        tensorrt_version()
+        current_gpu()
+    except TensorRTError:
         pass
     else:
         pytest.skip(

@@ -1,17 +1,13 @@
-"""TensorRT engines for a package: naming, compatibility, what the parser is given, builds.
+"""Building TensorRT engines for a package: what the parser is given, builds, runs, parity.
 
-The pure parts (file names, the compatibility check and its messages, the profile, the
-node attributes the parser reads, classifying the network's layers) run everywhere.
+The pure parts (the profile, the node attributes the parser reads, classifying the
+network's layers) run everywhere; names and engine selection: tests/inference.
 Building and running engines (marked gpu) need an NVIDIA GPU and TensorRT >= 10.9 (the
 GPU image); elsewhere they skip, and the report says which is missing.
 """
 
 from __future__ import annotations
 
-import logging
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -24,30 +20,16 @@ from onnx import helper
 
 from mplstm.core.package import EngineInfo
 from mplstm.export import onnx_cell, tensorrt_build
+from mplstm.export.check import engine_parity
 from mplstm.export.fp16 import to_fp16
 from mplstm.export.package import PackagedModel, ParityCase, random_inputs
-from mplstm.export.tensorrt_build import EngineIncompatibleError
 from mplstm.export.torch_op import export_onnx
+from mplstm.inference.parity import TOLERANCES
+from mplstm.inference.tensorrt import EngineRunner, current_gpu, engine_file_name, select_engine
 from mplstm.training.cell import MPLSTM
 from mplstm.training.models import get_model
 
 VIEWS, DIM, HIDDEN = 3, 8, 12
-H100 = ("sm_90", "NVIDIA H100 80GB HBM3")
-
-
-def _engine(**changes: object) -> EngineInfo:
-    values: dict[str, object] = {
-        "file": "model.sm_90.trt10.13.fp16.plan",
-        "gpu_arch": "sm_90",
-        "gpu_name": H100[1],
-        "tensorrt_version": "10.13.0.35",
-        "precision": "fp16",
-        "plugin": True,
-        "max_batch": 32,
-        "frames_range": (10, 40),
-    }
-    values.update(changes)
-    return EngineInfo(**values)  # type: ignore[arg-type]
 
 
 def _layer_model(peepholes: bool = False) -> onnx.ModelProto:
@@ -63,115 +45,6 @@ def _layer_model(peepholes: bool = False) -> onnx.ModelProto:
 def _attrs(model: onnx.ModelProto) -> dict[str, object]:
     node = model.graph.node[0]
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-# -- naming ---------------------------------------------------------------------------
-
-
-def test_engine_file_name_says_gpu_arch_tensorrt_major_minor_and_precision() -> None:
-    name = tensorrt_build.engine_file_name("sm_90", "10.13.0.35", "fp16")
-    assert name == "model.sm_90.trt10.13.fp16.plan"
-    assert tensorrt_build.engine_file_name("sm_80", "11.0.1", "fp32").endswith(
-        "sm_80.trt11.0.fp32.plan"
-    )
-
-
-@pytest.mark.parametrize(
-    ("arch", "version", "precision", "message"),
-    [
-        ("90", "10.13.0", "fp16", "gpu_arch"),
-        ("sm_90", "latest", "fp16", "MAJOR.MINOR"),
-        ("sm_90", "10.13.0", "int8", "precision"),
-    ],
-)
-def test_engine_file_name_refuses_malformed_parts(
-    arch: str, version: str, precision: str, message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        tensorrt_build.engine_file_name(arch, version, precision)
-
-
-# -- compatibility --------------------------------------------------------------------
-
-
-def test_engine_runs_where_tensorrt_version_and_gpu_arch_are_its_own() -> None:
-    tensorrt_build.check_engine_compatible(
-        _engine(), running_tensorrt="10.13.0.35", running_gpu=H100
-    )
-
-
-def test_engine_from_another_tensorrt_version_is_refused_naming_both_versions() -> None:
-    with pytest.raises(EngineIncompatibleError) as caught:
-        tensorrt_build.check_engine_compatible(
-            _engine(), running_tensorrt="10.12.0.36", running_gpu=H100
-        )
-    message = str(caught.value)
-    assert "TensorRT 10.13.0.35" in message and "TensorRT 10.12.0.36" in message
-    assert "Rebuild" in message and "onnxruntime" in message
-
-
-def test_engine_for_another_gpu_arch_is_refused_naming_both_gpus() -> None:
-    with pytest.raises(EngineIncompatibleError) as caught:
-        tensorrt_build.check_engine_compatible(
-            _engine(), running_tensorrt="10.13.0.35", running_gpu=("sm_80", "NVIDIA A100")
-        )
-    message = str(caught.value)
-    assert "sm_90" in message and "sm_80 (NVIDIA A100)" in message
-    assert "model.sm_90.trt10.13.fp16.plan" in message
-
-
-def test_engine_on_another_gpu_model_of_the_same_arch_runs_with_a_warning(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.WARNING, logger=tensorrt_build.__name__):
-        tensorrt_build.check_engine_compatible(
-            _engine(), running_tensorrt="10.13.0.35", running_gpu=("sm_90", "NVIDIA H200")
-        )
-    assert "NVIDIA H200" in caplog.text
-
-
-def test_incompatible_engine_is_a_package_error_the_service_already_handles() -> None:
-    from mplstm.core.package import PackageError
-
-    assert issubclass(EngineIncompatibleError, PackageError)
-
-
-def test_engine_on_a_host_without_tensorrt_is_refused_saying_so() -> None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        with pytest.raises(EngineIncompatibleError, match="TensorRT is not installed"):
-            tensorrt_build.check_engine_compatible(_engine(), running_gpu=H100)
-    else:
-        pytest.skip("TensorRT is installed here")
-
-
-def test_current_gpu_without_a_cuda_driver_says_so() -> None:
-    try:
-        tensorrt_build.current_gpu()
-    except tensorrt_build.GPUUnavailableError as exc:
-        assert "CUDA" in str(exc)
-    else:
-        pytest.skip("a CUDA GPU is present here")
-
-
-def test_compatibility_check_imports_neither_torch_nor_onnx() -> None:
-    """The service (no torch in its image) calls it."""
-    script = textwrap.dedent(
-        """
-        import sys
-        from mplstm.core.package import EngineInfo
-        from mplstm.export import tensorrt_build
-        info = EngineInfo("e.plan", "sm_90", "H100", "10.13.0.35", "fp16", True, 8, (5, 9))
-        tensorrt_build.check_engine_compatible(
-            info, running_tensorrt="10.13.0.35", running_gpu=("sm_90", "H100"))
-        print(sorted(m for m in ("torch", "onnx", "triton") if m in sys.modules))
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "[]"
 
 
 # -- what the parser and the builder are given ---------------------------------------
@@ -331,7 +204,7 @@ def _build(folder: Path, fp16: bool, use_plugin: bool, out: Path) -> EngineInfo:
 def test_current_gpu_from_the_driver_matches_torch() -> None:
     _tensorrt()
     major, minor = torch.cuda.get_device_capability()
-    assert tensorrt_build.current_gpu() == (f"sm_{major}{minor}", torch.cuda.get_device_name())
+    assert current_gpu() == (f"sm_{major}{minor}", torch.cuda.get_device_name())
 
 
 @pytest.mark.gpu
@@ -341,19 +214,19 @@ def test_engine_with_the_plugin_matches_onnx_runtime_on_the_profile_corners(
 ) -> None:
     trt = _tensorrt()
     info = _build(package_dir, fp16, use_plugin=True, out=tmp_path)
-    arch, name = tensorrt_build.current_gpu()
+    arch, name = current_gpu()
     precision = "fp16" if fp16 else "fp32"
-    assert info.file == tensorrt_build.engine_file_name(arch, trt.__version__, precision)
+    assert info.file == engine_file_name(arch, trt.__version__, precision)
     assert (info.plugin, info.precision, info.gpu_name) == (True, precision, name)
     assert (tmp_path / info.file).is_file() and (tmp_path / "timing.cache").stat().st_size > 0
-    tensorrt_build.check_engine_compatible(info)
+    select_engine((info,), precision=precision)
     (package_dir / info.file).write_bytes((tmp_path / info.file).read_bytes())
     clips = [
         random_inputs(ParityCase(1, FRAMES_RANGE[0], masked=False), VIEWS, 1, 32, 32, seed=1),
         random_inputs(ParityCase(MAX_BATCH, FRAMES_RANGE[1], masked=True), VIEWS, 1, 32, 32, 2),
     ]
-    parity = tensorrt_build.engine_parity(package_dir, info, clips)
-    assert parity["passed"], parity
+    parity = engine_parity(package_dir, info, clips)
+    assert parity.passed, parity
 
 
 @pytest.mark.gpu
@@ -364,12 +237,13 @@ def test_engine_without_the_plugin_inlines_the_function_body_and_says_so(
     info = _build(package_dir, fp16=False, use_plugin=False, out=tmp_path)
     assert info.plugin is False
     clip, mask = random_inputs(ParityCase(2, FRAMES, masked=True), VIEWS, 1, 32, 32, seed=3)
-    got = tensorrt_build.run_engine(tmp_path / info.file, clip, mask)
+    runner = EngineRunner(tmp_path / info.file)
+    got = runner({"clip": clip, "view_mask": mask})
     session = ort.InferenceSession(
         str(package_dir / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     expected = session.run(["logits"], {"clip": clip, "view_mask": mask})[0]
-    np.testing.assert_allclose(got["logits"], expected, atol=tensorrt_build.PARITY_ATOL["fp32"])
+    np.testing.assert_allclose(got["logits"], expected, atol=TOLERANCES["tensorrt-fp32"])
 
 
 @pytest.mark.gpu
@@ -380,4 +254,4 @@ def test_engine_refuses_a_batch_beyond_its_profile_saying_so(
     info = _build(package_dir, fp16=False, use_plugin=True, out=tmp_path)
     clip, mask = random_inputs(ParityCase(MAX_BATCH + 1, FRAMES, False), VIEWS, 1, 32, 32, 4)
     with pytest.raises(ValueError, match="outside the engine's profile"):
-        tensorrt_build.run_engine(tmp_path / info.file, clip, mask)
+        EngineRunner(tmp_path / info.file)({"clip": clip, "view_mask": mask})

@@ -21,14 +21,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from mplstm.export import onnx_cell, trt_plugin
+from mplstm.inference.parity import TOLERANCES
 from mplstm.training.cell import MPLSTM
 
 BATCH, STEPS, VIEWS, DIM, HIDDEN = 5, 6, 3, 20, 48
 MAX_BATCH, MAX_STEPS = 8, 10
 VIEW_MASK = np.array([[1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0], [1, 1, 1]], dtype=bool)
 LENGTHS = np.array([6, 3, 1, 5, 4], dtype=np.int64)
-FP32_ATOL = 1e-4  # GPU sums in another order than the CPU layer; 1e-5 holds in the interpreter
-FP16_ATOL = 5e-3
 
 
 def _tensorrt() -> ModuleType:
@@ -161,7 +160,9 @@ def test_plugin_registers_under_the_onnx_node_name_namespace_and_version() -> No
 @pytest.mark.gpu
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
 @pytest.mark.parametrize(
-    ("dtype", "atol"), [(np.float32, FP32_ATOL), (np.float16, FP16_ATOL)], ids=["fp32", "fp16"]
+    ("dtype", "atol"),
+    [(np.float32, TOLERANCES["plugin-fp32"]), (np.float16, TOLERANCES["plugin-fp16"])],
+    ids=["fp32", "fp16"],
 )
 def test_engine_from_onnx_runs_the_aot_plugin_without_python_and_matches_the_layer(
     tmp_path: Path, bidirectional: bool, dtype: np.dtype, atol: float

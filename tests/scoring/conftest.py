@@ -16,9 +16,9 @@ import pytest
 from mplstm.core.manifest import ClipRecord, read_manifest
 from mplstm.core.package import ModelPackage, load_package, resolve_package
 from mplstm.core.synth import SynthConfig, generate
-from mplstm.service.backends.base import Backend
-from mplstm.service.backends.select import open_backend
-from mplstm.service.settings import Settings
+from mplstm.inference.backend import Backend
+from mplstm.inference.options import BackendOptions
+from mplstm.inference.select import open_backend
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +66,6 @@ def package(package_dir: Path) -> ModelPackage:
 @pytest.fixture(scope="module")
 def backend(package: ModelPackage) -> Iterator[Backend]:
     """ONNX Runtime on the CPU, one thread."""
-    backend = open_backend(
-        package, Settings(backend="onnxruntime", device="cpu", intra_op_threads=1)
-    )
+    backend = open_backend(package, BackendOptions("onnxruntime", "cpu", threads=1))
     yield backend
     backend.close()

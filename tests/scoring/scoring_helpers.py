@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from mplstm.cli import main
+from mplstm.cli import build_parser, main
 from mplstm.core.manifest import ClipRecord
+from mplstm.scoring.hooks import ScoringHooks
 
 ROOT = Path(__file__).resolve().parents[2]
+HELD_SCORER = Path(__file__).with_name("held_scorer.py")
 
 
 def score_argv(model: Path, manifest: Path, out: Path, *extra: str) -> list[str]:
@@ -39,15 +43,22 @@ def score_in_process(model: Path, manifest: Path, out: Path, *extra: str) -> int
     return main(score_argv(model, manifest, out, *workers, *extra))
 
 
+def score_with_hooks(
+    model: Path, manifest: Path, out: Path, hooks: ScoringHooks, *extra: str
+) -> int:
+    """`mplstm score` here, as `score_in_process` does, with `hooks` watching the run."""
+    workers = [] if "--decode-workers" in extra else ["--decode-workers", "0"]
+    args = build_parser().parse_args(score_argv(model, manifest, out, *workers, *extra))
+    return args.func(args, hooks=hooks)
+
+
 def start_and_hold(
     argv: list[str], hold: str, marker: Path, timeout_s: float = 120
 ) -> subprocess.Popen:
-    """Start `mplstm ARGV` in its own session with MPLSTM_SCORE_TEST_HOLD=hold; wait for the hold."""
-    env = {**os.environ, "MPLSTM_SCORE_TEST_HOLD": hold, "MPLSTM_SCORE_TEST_HOLD_FILE": str(marker)}
+    """Start `mplstm ARGV` in its own session through held_scorer.py; wait for the hold."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mplstm", *argv],
+        [sys.executable, str(HELD_SCORER), hold, str(marker), *argv],
         cwd=ROOT,
-        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -84,3 +95,12 @@ def run_until_hold(argv: list[str], hold: str, marker: Path) -> None:
 def with_views(record: ClipRecord, **views: Path) -> ClipRecord:
     """A copy of `record` with some view paths replaced."""
     return dataclasses.replace(record, views={**record.views, **views})
+
+
+def crash_on(front: str, views: Mapping[str, object]) -> None:
+    """A decode hook: in a worker process given the clip whose front view is `front`, die.
+
+    As a decoder crash on a hostile file would (the main process never dies of it).
+    """
+    if str(views.get("front")) == front and multiprocessing.parent_process() is not None:
+        os._exit(70)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
-from scoring_helpers import score_in_process
+from scoring_helpers import crash_on, score_in_process, score_with_hooks
 
 from mplstm.core.manifest import ClipRecord
-from mplstm.scoring.holds import CRASH_ENV
+from mplstm.scoring.hooks import ScoringHooks
 from mplstm.scoring.output import read_rows
 
 
@@ -19,16 +20,16 @@ def test_a_clip_that_crashes_the_decoder_is_an_error_row_and_the_run_goes_on(
     dataset: Path,
     records: list[ClipRecord],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     extra = ("--decode-workers", "2", "--inference", inference)
     assert score_in_process(package_dir, dataset, tmp_path / "clean", *extra) == 0
     clean = {row.id: row for row in read_rows(tmp_path / "clean" / "scores.jsonl")}
 
     poison = records[5].id  # in the second batch of 4: batches before and after it run too
-    monkeypatch.setenv(CRASH_ENV, poison)
+    crash = functools.partial(crash_on, str(records[5].views["front"]))
     # Exit 1: the run finished, with an error row.
-    assert score_in_process(package_dir, dataset, tmp_path / "out", *extra) == 1
+    hooks = ScoringHooks(before_decode=crash)
+    assert score_with_hooks(package_dir, dataset, tmp_path / "out", hooks, *extra) == 1
     rows = {row.id: row for row in read_rows(tmp_path / "out" / "scores.jsonl")}
 
     assert sorted(rows) == sorted(clean)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -50,11 +51,12 @@ def test_a_chunk_interrupted_midway_is_never_committed(fmt: str, tmp_path: Path)
     store = ChunkStore(tmp_path / "shard", fmt)
     store.commit(ROWS[:1])
 
-    def crash() -> None:
-        raise KeyboardInterrupt
+    def interrupted() -> Iterator[ScoreRow]:
+        yield from ROWS[: len(ROWS) // 2]
+        raise KeyboardInterrupt  # Ctrl-C with half of the rows written
 
     with pytest.raises(KeyboardInterrupt):
-        store.commit(ROWS, midway=crash)
+        store.commit(interrupted())
     assert store.committed_ids() == {"a/1"}
     assert [p.name for p in store.folder.iterdir() if p.name.startswith(".")] == []
 

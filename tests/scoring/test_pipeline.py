@@ -13,8 +13,8 @@ from scoring_helpers import with_views
 from mplstm.core.manifest import ClipRecord
 from mplstm.core.package import ONNX_NAME, ModelPackage
 from mplstm.core.preprocess import PreprocessConfig, load_clip
+from mplstm.inference.backend import Backend
 from mplstm.scoring.pipeline import StageTimes, score_batches, score_clips
-from mplstm.service.backends.base import Backend
 
 
 @pytest.fixture(scope="module")

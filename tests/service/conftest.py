@@ -42,7 +42,7 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 @pytest.fixture(scope="session")
 def batcher_server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The shared server's settings, but the video route infers through the dynamic batcher."""
-    env = {**SHARED_ENV, "MPLSTM_VIDEO_INFERENCE": "batcher"}
+    env = {**SHARED_ENV, "MPLSTM_VIDEO_INFERENCE": "main"}
     srv = Server(repo, tmp_path_factory.mktemp("batcher-server") / "server.log", env)
     srv.start()
     yield srv

@@ -24,7 +24,8 @@ from service_helpers import (
 )
 
 from mplstm.core.package import load_package
-from mplstm.service.backends.onnxruntime import OnnxRuntimeBackend
+from mplstm.inference.onnxruntime import OnnxRuntimeBackend
+from mplstm.inference.options import BackendOptions
 from mplstm.service.batcher import DynamicBatcher
 from mplstm.service.metrics import ServiceMetrics
 
@@ -106,7 +107,9 @@ def test_full_queue_answers_503_with_retry_after_and_the_server_stays_healthy(
 
 @pytest.fixture(scope="module")
 def backend(repo: Path) -> OnnxRuntimeBackend:
-    return OnnxRuntimeBackend(load_package(repo / DROPOUT_MODEL / "1"), device="cpu")
+    return OnnxRuntimeBackend(
+        load_package(repo / DROPOUT_MODEL / "1"), BackendOptions(device="cpu")
+    )
 
 
 def test_batcher_groups_clips_of_different_length_and_each_gets_its_own_rows(

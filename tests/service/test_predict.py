@@ -131,7 +131,7 @@ def test_service_never_imports_torch() -> None:
         "import sys\n"
         "from mplstm.service.app import create_app\n"
         "from mplstm.service.settings import load_settings\n"
-        "import mplstm.service.backends.tensorrt, mplstm.service.client\n"
+        "import mplstm.inference.tensorrt, mplstm.inference.select, mplstm.service.client\n"
         "import mplstm.cli.serve, mplstm.cli.predict\n"
         "create_app(load_settings())\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'"

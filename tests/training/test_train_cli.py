@@ -13,7 +13,8 @@ import torch
 from mplstm.cli import main
 from mplstm.core.synth import SynthConfig, generate
 from mplstm.training.checkpoint import load_checkpoint, load_model
-from mplstm.training.train import RunConfig, TrainConfig, load_config, lr_at
+from mplstm.training.config import RunConfig, TrainConfig, load_config
+from mplstm.training.train import lr_at
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = SynthConfig(

@@ -78,6 +78,33 @@ def profile_visibility(yaw_deg: float) -> float:
     return float(_smoothstep((abs(yaw_deg) - 55.0) / 20.0))
 
 
+@dataclass(frozen=True)
+class _Rays:
+    """Each pixel's ray in the head frame, per frame (arrays broadcast to [T, H, W])."""
+
+    v_img: np.ndarray  # [1, H, 1] image row coordinate, 1 at the top
+    theta: np.ndarray  # [T, 1, 1] camera yaw including the head's (radians)
+    ct: np.ndarray  # cos theta
+    st: np.ndarray  # sin theta
+    u: np.ndarray  # the ray's offset across its row
+    y: np.ndarray  # the ray's row (height in the head frame)
+
+
+@dataclass(frozen=True)
+class _Hit:
+    """Where each ray first meets the face or the lips (arrays broadcast to [T, H, W])."""
+
+    x: np.ndarray  # head-frame coordinates of the hit
+    z: np.ndarray
+    b: np.ndarray  # curvature of the parabola hit
+    on_lip: np.ndarray  # the ray hits the lips, not the face
+    missed: np.ndarray  # the ray hits nothing (background)
+    h: np.ndarray  # [T, 1, 1] height of the opening
+    w: np.ndarray  # [T, 1, 1] lip width
+    half: np.ndarray  # half-height of the lips' ellipse in the row (upper or lower lip)
+    sqrt_e: np.ndarray  # lip bump profile along the row's height, 1 at the centre
+
+
 def render(
     spk: Speaker,
     track: MouthTrack,
@@ -94,29 +121,51 @@ def render(
     a noiseless function of the inputs.
     """
     f32 = np.float32
+    vis_in, vis_pr = frontal_visibility(view_yaw), profile_visibility(view_yaw)
+    rays = _rays(track, view_yaw, size)
+    hit = _trace(spk, track, vis_pr, rays)
+    shade = _shade(lighting, rays, hit)
+    material, brightness = _materials(spk, track, vis_in, rays, hit, shade)
+    if rng is not None:
+        brightness += rng.standard_normal(brightness.shape, dtype=f32) * f32(noise_sigma)
+    palette = _palette(spk, lighting, vis_in)
+    image = palette[material] * brightness[..., None]
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+
+def _col(values: np.ndarray, n: int) -> np.ndarray:
+    """Per-frame values as a float32 [n, 1, 1] column."""
+    return np.asarray(values, dtype=np.float32).reshape(n, 1, 1)
+
+
+def _rays(track: MouthTrack, view_yaw: float, size: tuple[int, int]) -> _Rays:
+    """Each pixel's ray after the camera's yaw and the head's roll, zoom and shift."""
+    f32 = np.float32
     height, width = size
     n = len(track.opening)
-
-    def col(values: np.ndarray) -> np.ndarray:
-        return np.asarray(values, dtype=f32).reshape(n, 1, 1)
-
-    vis_in, vis_pr = frontal_visibility(view_yaw), profile_visibility(view_yaw)
     v_img = (1 - (np.arange(height, dtype=f32) + 0.5) * 2 / height)[None, :, None]
     u_img = (((np.arange(width, dtype=f32) + 0.5) * 2 / width - 1) * (width / height))[
         None, None, :
     ]
-    theta = np.radians(col(view_yaw + np.asarray(track.yaw)))
+    theta = np.radians(_col(view_yaw + np.asarray(track.yaw), n))
     ct, st = np.cos(theta), np.sin(theta)
-    roll, scale, shift = col(track.roll), col(track.scale), np.asarray(track.shift, dtype=f32)
+    roll, scale = _col(track.roll, n), _col(track.scale, n)
+    shift = np.asarray(track.shift, dtype=f32)
     cr, sr = np.cos(roll), np.sin(roll)
-    u = (cr * u_img - sr * v_img) / scale + col(shift[:, 0]) - CROP_CENTRE_Z * st
-    y = (sr * u_img + cr * v_img) / scale + col(shift[:, 1])
+    u = (cr * u_img - sr * v_img) / scale + _col(shift[:, 0], n) - CROP_CENTRE_Z * st
+    y = (sr * u_img + cr * v_img) / scale + _col(shift[:, 1], n)
+    return _Rays(v_img=v_img, theta=theta, ct=ct, st=st, u=u, y=y)
 
-    # Row geometry: the lip bump of each row and the face under it.
+
+def _trace(spk: Speaker, track: MouthTrack, vis_pr: float, rays: _Rays) -> _Hit:
+    """Row geometry: the lip bump of each row and the face under it, and each ray's first hit."""
+    f32 = np.float32
+    n = len(track.opening)
+    u, y, ct, st = rays.u, rays.y, rays.ct, rays.st
     upper_extra, lower_extra, chin = (vis_pr * v for v in PROFILE_SHAPES[spk.profile_trait])
-    h = col(track.opening)
-    w = col(track.width) * f32(spk.mouth_width)
-    p = LIP_REST + vis_pr * col(track.protrusion)
+    h = _col(track.opening, n)
+    w = _col(track.width, n) * f32(spk.mouth_width)
+    p = LIP_REST + vis_pr * _col(track.protrusion, n)
     upper = y >= 0
     half = np.where(upper, h / 2 + spk.upper_lip, h / 2 + spk.lower_lip)
     e = np.clip(1 - (y / half) ** 2, 0, 1)
@@ -135,37 +184,47 @@ def render(
     b = np.where(on_lip, b_lip, b_face)
     x = u * ct + s * st
     z = -u * st + s * ct
+    return _Hit(x=x, z=z, b=b, on_lip=on_lip, missed=missed, h=h, w=w, half=half, sqrt_e=sqrt_e)
 
-    # Lambert shading; the lips' normals tilt up (upper lip) and down (lower lip).
-    tilt = np.where(on_lip, 0.6 * y / half, 0)
-    nx = 2 * b * x
+
+def _shade(lighting: Lighting, rays: _Rays, hit: _Hit) -> np.ndarray:
+    """Lambert shading; the lips' normals tilt up (upper lip) and down (lower lip)."""
+    tilt = np.where(hit.on_lip, 0.6 * rays.y / hit.half, 0)
+    nx = 2 * hit.b * hit.x
     lx, ly, lz = lighting.direction
     lambert = (nx * lx + tilt * ly + lz) / np.sqrt(nx * nx + tilt * tilt + 1)
-    shade = lighting.ambient + (1 - lighting.ambient) * np.clip(lambert, 0, 1)
+    return lighting.ambient + (1 - lighting.ambient) * np.clip(lambert, 0, 1)
 
-    # One material and one brightness per pixel, coloured at the end (3x less work).
+
+def _materials(
+    spk: Speaker, track: MouthTrack, vis_in: float, rays: _Rays, hit: _Hit, shade: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One material and one brightness per pixel, coloured at the end (3x less work)."""
+    x, y = hit.x, rays.y
     texture = sum(a * np.sin(kx * x + ky * y + ph) for kx, ky, ph, a in spk.texture)
-    brightness = shade * np.where(on_lip, 0.85 + 0.15 * sqrt_e, 1 + texture)
-    material = on_lip.astype(np.uint8) + np.uint8(_SKIN)  # _LIP == _SKIN + 1
-    opening = on_lip & ((2 * x / (INNER_WIDTH * w)) ** 2 + (2 * y / h) ** 2 < 1)
+    brightness = shade * np.where(hit.on_lip, 0.85 + 0.15 * hit.sqrt_e, 1 + texture)
+    material = hit.on_lip.astype(np.uint8) + np.uint8(_SKIN)  # _LIP == _SKIN + 1
+    opening = hit.on_lip & ((2 * x / (INNER_WIDTH * hit.w)) ** 2 + (2 * y / hit.h) ** 2 < 1)
     if vis_in > 0:
-        material[opening] = _inside(spk, track, x, y, z, w, theta, opening)
+        material[opening] = _inside(spk, track, x, y, hit.z, hit.w, rays.theta, opening)
     else:
         material[opening] = _CAVITY
     brightness = np.where(opening, 0.5 + 0.5 * shade, brightness)
-    material[missed] = _BACKGROUND
-    brightness = np.where(missed, 1 + 0.15 * v_img, brightness)
+    material[hit.missed] = _BACKGROUND
+    brightness = np.where(hit.missed, 1 + 0.15 * rays.v_img, brightness)
+    return material, brightness
 
-    if rng is not None:
-        brightness += rng.standard_normal(brightness.shape, dtype=f32) * f32(noise_sigma)
+
+def _palette(spk: Speaker, lighting: Lighting, vis_in: float) -> np.ndarray:
+    """The colour of each material under this clip's light and this camera's response."""
+    f32 = np.float32
     palette = np.empty((len(_COLOURS), 3), dtype=f32)
     palette[_BACKGROUND] = lighting.background
     palette[_SKIN], palette[_LIP] = spk.skin, spk.lip
     # The inside of the mouth fades to the cavity's colour as the lips occlude it.
     palette[_CAVITY:] = _COLOURS[_CAVITY] + vis_in * (_COLOURS[_CAVITY:] - _COLOURS[_CAVITY])
     palette *= f32(lighting.gain) * np.asarray(lighting.tint, f32) * 255
-    image = palette[material] * brightness[..., None]
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    return palette
 
 
 def _inside(

@@ -14,24 +14,24 @@ from scoring_helpers import score_argv, with_views
 from mplstm.cli import main
 from mplstm.core.manifest import ClipRecord
 from mplstm.core.package import ModelPackage, load_package
-from mplstm.scoring.pipeline import DecodeWorkers, StageTimes, score_clips
+from mplstm.core.worker_pool import PoolThread
+from mplstm.inference.backend import Backend
+from mplstm.inference.options import BackendOptions
+from mplstm.inference.select import open_backend
+from mplstm.scoring.pipeline import StageTimes, score_clips, score_in_workers
 from mplstm.scoring.shards import Shard
-from mplstm.scoring.worker_inference import score_in_workers
-from mplstm.service.backends.base import Backend
-from mplstm.service.backends.select import open_backend
-from mplstm.service.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def workers() -> Iterator[DecodeWorkers]:
-    with DecodeWorkers(2).start() as workers:
+def workers() -> Iterator[PoolThread]:
+    with PoolThread(2).start() as workers:
         yield workers
 
 
 def test_workers_give_the_central_pipelines_scores_and_error_rows(
     package: ModelPackage,
     backend: Backend,
-    workers: DecodeWorkers,
+    workers: PoolThread,
     records: list[ClipRecord],
     tmp_path: Path,
 ) -> None:
@@ -62,7 +62,7 @@ def test_workers_give_the_central_pipelines_scores_and_error_rows(
 def test_a_reused_worker_scores_with_the_package_it_is_given_now(
     package: ModelPackage,
     backend: Backend,
-    workers: DecodeWorkers,
+    workers: PoolThread,
     records: list[ClipRecord],
     tiny_checkpoint: Callable[..., Path],
     tmp_path: Path,
@@ -77,9 +77,7 @@ def test_a_reused_worker_scores_with_the_package_it_is_given_now(
     other = load_package(tmp_path / "other" / "1")
     groups = score_in_workers(clips, other, config, workers, threads=1)
     got = {score.record.id: score for group in groups for score in group}
-    other_backend = open_backend(
-        other, Settings(backend="onnxruntime", device="cpu", intra_op_threads=1)
-    )
+    other_backend = open_backend(other, BackendOptions("onnxruntime", "cpu", threads=1))
     expected = score_clips(clips, other_backend, config, decode_workers=0)
     other_backend.close()
     before = score_clips(clips, backend, config, decode_workers=0)

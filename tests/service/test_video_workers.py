@@ -1,9 +1,12 @@
-"""On a CPU backend the video route infers in the decode workers: same answers as the
-batcher, its own queue bound, and sessions kept per model in each worker."""
+"""The video route in the worker processes: on a CPU backend it infers there with the
+batcher's answers and its own queue bound; a clip that kills its worker is refused."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import os
+import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +15,6 @@ import pytest
 from live_server import Server
 from service_helpers import (
     DROPOUT_MODEL,
-    FULL_MODEL,
     assert_load_shed,
     batch_histogram,
     predict_all,
@@ -21,11 +23,11 @@ from service_helpers import (
     write_clip,
 )
 
-from mplstm.core.package import load_package
-from mplstm.service.backends.base import BackendUnavailableError
-from mplstm.service.backends.cpu_worker import cpu_session
-from mplstm.service.settings import VideoInference
-from mplstm.service.worker_inference import infers_in_workers
+from mplstm.core.errors import CorruptVideoError
+from mplstm.core.limits import DecodeLimits
+from mplstm.core.preprocess import PreprocessConfig
+from mplstm.core.worker_pool import CRASH_ATTEMPTS
+from mplstm.service.video_workers import VideoWorkers
 
 
 def test_cpu_default_infers_video_in_the_workers_with_the_batchers_scores(
@@ -35,7 +37,7 @@ def test_cpu_default_infers_video_in_the_workers_with_the_batchers_scores(
         httpx.get(f"{srv.url}/v1/models/{DROPOUT_MODEL}").json()["video_inference"]
         for srv in (server, batcher_server)
     ]
-    assert described == ["workers", "batcher"]
+    assert described == ["workers", "main"]
     ones_before, runs_before = batch_histogram(
         httpx.get(f"{server.url}/metrics").text, DROPOUT_MODEL
     )
@@ -88,35 +90,40 @@ def test_video_queue_bound_in_the_workers_answers_503_with_retry_after(
         server.stop()
 
 
-@pytest.mark.parametrize(
-    ("choice", "backend", "on_gpu", "in_workers"),
-    [
-        (VideoInference.AUTO, "onnxruntime", False, True),
-        (VideoInference.AUTO, "onnxruntime", True, False),
-        (VideoInference.AUTO, "tensorrt", True, False),
-        (VideoInference.BATCHER, "onnxruntime", False, False),
-        (VideoInference.WORKERS, "onnxruntime", False, True),
-    ],
-)
-def test_auto_places_video_inference_in_the_workers_only_on_the_cpu(
-    choice: VideoInference, backend: str, on_gpu: bool, in_workers: bool
+# Tasks: module-level, so that a spawned worker can unpickle them.
+
+
+def die_once(data: dict[str, bytes], config: PreprocessConfig, marker: str) -> str:
+    """Kill the worker the first time (no marker file yet); answer on the retry."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(3)
+    return "decoded"
+
+
+def always_die(data: dict[str, bytes], config: PreprocessConfig) -> None:
+    os._exit(3)
+
+
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_video_workers_retry_a_clip_whose_worker_died_and_refuse_one_that_always_kills(
+    tmp_path: Path,
 ) -> None:
-    assert infers_in_workers(choice, backend, on_gpu) is in_workers
+    async def main() -> None:
+        workers = await VideoWorkers.open(2, DecodeLimits())
+        try:
+            config = PreprocessConfig()
+            marker = str(tmp_path / "died-once")
+            views = {"front": io.BytesIO(b"")}
+            assert await workers.run(die_once, views, config, marker) == "decoded"
+            with pytest.raises(CorruptVideoError, match=f"crashed on this clip {CRASH_ATTEMPTS}"):
+                await workers.run(always_die, {"front": io.BytesIO(b"")}, config)
+            assert len(set(await workers.run_on_each(pid_after, 0.2))) == 2
+        finally:
+            await workers.close()
 
-
-@pytest.mark.parametrize(("backend", "on_gpu"), [("onnxruntime", True), ("tensorrt", True)])
-def test_workers_on_a_gpu_backend_is_refused_with_what_to_set(backend: str, on_gpu: bool) -> None:
-    with pytest.raises(
-        BackendUnavailableError, match=r"MPLSTM_VIDEO_INFERENCE=workers.*auto or batcher"
-    ):
-        infers_in_workers(VideoInference.WORKERS, backend, on_gpu)
-
-
-def test_a_worker_keeps_a_session_per_served_model_and_drops_the_least_recent(repo: Path) -> None:
-    dropout, full = (load_package(repo / name / "1") for name in (DROPOUT_MODEL, FULL_MODEL))
-    first = cpu_session(dropout, 1, keep=2)
-    other = cpu_session(full, 1, keep=2)
-    assert other is not first
-    assert cpu_session(dropout, 1, keep=2) is first  # both models kept
-    assert cpu_session(full, 1, keep=1) is other  # the most recent stays...
-    assert cpu_session(dropout, 1, keep=1) is not first  # ...the other was closed
+    asyncio.run(main())

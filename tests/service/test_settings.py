@@ -1,0 +1,66 @@
+"""Service settings: every bad value fails at start, naming its variable (no server needed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mplstm.inference.options import BackendOptions, Placement
+from mplstm.service.settings import SettingsError, load_settings
+
+
+def test_bad_settings_fail_at_start_naming_each_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MPLSTM_MAX_BATCH", "0")
+    monkeypatch.setenv("MPLSTM_BACKEND", "cuda-magic")
+    monkeypatch.setenv("MPLSTM_DEVICE", "gpu0")
+    monkeypatch.setenv("MPLSTM_VIDEO_INFERENCE", "gpu")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    for variable in (
+        "MPLSTM_MAX_BATCH",
+        "MPLSTM_BACKEND",
+        "MPLSTM_DEVICE",
+        "MPLSTM_VIDEO_INFERENCE",
+    ):
+        assert variable in message
+
+
+def test_api_keys_come_from_the_list_and_the_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text("# comment\nk3\n\n")
+    settings = load_settings(api_keys=" k1,k2 ,", api_key_file=key_file)
+    assert settings.load_api_keys() == {"k1", "k2", "k3"}
+    with pytest.raises(SettingsError, match="MPLSTM_API_KEY_FILE"):
+        load_settings(api_key_file=tmp_path / "missing")
+
+
+def test_mplstm_serve_refuses_bad_settings_with_exit_status_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPLSTM_")}
+    env["MPLSTM_MAX_DELAY_MS"] = "-1"
+    run = subprocess.run(
+        [sys.executable, "-m", "mplstm", "serve", "--models", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert "MPLSTM_MAX_DELAY_MS" in run.stderr
+
+
+def test_old_placement_name_batcher_is_served_as_main() -> None:
+    assert load_settings(video_inference="batcher").video_inference is Placement.MAIN
+
+
+def test_settings_build_the_backend_options_the_scorer_builds_from_its_flags() -> None:
+    settings = load_settings(
+        backend="onnxruntime", device="cpu", intra_op_threads=3, ort_providers=" A, B ,"
+    )
+    assert settings.backend_options() == BackendOptions("onnxruntime", "cpu", 3, ("A", "B"))
