@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint format bench clean demo-models demo-lipreading demo-identity deploy-tools
+.PHONY: venv run test lint format bench clean demo-models demo-lipreading demo-identity deploy-tools gpu-check
 
 KERNEL_STAMP := $(VENV)/.cell_cpu
 
@@ -71,6 +71,13 @@ bench: venv $(TRITON_VENV)/.installed
 	$(BIN)/python bench/score.py --model models/demo-lipreading
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/ddp.py
+
+# The GPU truth kit (bench/gpu; docs/benchmarks.md, GPU section): every GPU claim checked in
+# under 8 minutes on a bare NVIDIA host with Python, torch (CUDA) and Triton. No venv, nothing
+# installed: the host's own python runs the checkout. Writes gpu-check/gpu-check.{json,md}.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu --out gpu-check
 
 # The embedded demo packages, rebuilt from synthetic data with fixed seeds and epochs
 # (a few minutes each on 2 quiet cores). Each package records the accuracy of its exported
