@@ -75,6 +75,11 @@ class _Call:
         self.start = time.perf_counter()
         self.trailing = (("x-request-id", self.request_id),)
 
+    def trailing_of(self, exc: ApiError) -> tuple[tuple[str, str], ...]:
+        """The trailing metadata of a refusal: the request id and the error's HTTP headers
+        (`retry-after` on UNAVAILABLE, as REST's 503 carries it)."""
+        return (*self.trailing, *((k.lower(), v) for k, v in exc.headers.items()))
+
     def api_key(self) -> str | None:
         return key_from_headers(
             _text(self.metadata.get("authorization")), _text(self.metadata.get("x-api-key"))
@@ -117,7 +122,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return result
         except ApiError as exc:
             code = status_of(exc)
-            await context.abort(code, error_message(exc), trailing_metadata=call.trailing)
+            await context.abort(code, error_message(exc), trailing_metadata=call.trailing_of(exc))
             raise  # abort raised already; this line is never reached
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -226,7 +231,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 check_api_key(call.api_key(), self.api_keys)
             except ApiError as exc:
                 code = status_of(exc)
-                await context.abort(code, error_message(exc), trailing_metadata=call.trailing)
+                await context.abort(
+                    code, error_message(exc), trailing_metadata=call.trailing_of(exc)
+                )
             context.set_trailing_metadata(call.trailing)
             async for answer in _answers(request_iterator, self._stream_one, self._stream_limit):
                 yield answer

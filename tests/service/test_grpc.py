@@ -431,6 +431,33 @@ def test_api_keys_from_metadata_guard_every_rpc_but_liveness_readiness_and_healt
     assert "gRPC ModelInfer UNAUTHENTICATED" in server.log()
 
 
+def test_a_full_queue_answers_unavailable_with_retry_advice_in_the_trailing_metadata(
+    repo: Path, tmp_path: Path
+) -> None:
+    # One waiting request at most; the first waits 3 s for its batch to fill.
+    env = {"MPLSTM_MAX_QUEUE": "1", "MPLSTM_MAX_DELAY_MS": "3000"}
+    server = Server(repo, tmp_path / "server.log", env).start()
+    try:
+        with grpcclient.InferenceServerClient(server.grpc_target) as client:
+            answers: queue.Queue = queue.Queue()
+            client.async_infer(
+                DROPOUT_MODEL,
+                grpc_inputs(random_clip(1, 8)),
+                callback=lambda result, error: answers.put((result, error)),
+            )
+            wait_pending(server, 1)
+            with pytest.raises(grpc.RpcError) as caught:
+                client._client_stub.ModelInfer(_raw_request(id="second"))
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert caught.value.details().startswith("queue_full: ")
+            trailing = dict(caught.value.trailing_metadata())
+            assert trailing["retry-after"] == "1" and trailing["x-request-id"]
+            result, error = answers.get(timeout=60)  # the first is answered all the same
+            assert error is None and result.as_numpy("logits").shape == (1, len(LABELS))
+    finally:
+        server.stop()
+
+
 def test_a_taken_grpc_port_stops_the_server_at_start_naming_the_variable(
     repo: Path, tmp_path: Path
 ) -> None:
