@@ -424,6 +424,17 @@ class Point:
     # throughput, it hardly moves when other jobs share the cores.
     server_cpu_ms: float
     stages: Stages | None  # the service's own account, from its /metrics
+    # Of that, the server's main thread: the service's event loop (HTTP and gRPC handlers).
+    loop_cpu_ms: float = float("nan")
+
+
+def thread_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of the main thread of process `pid`."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def session_cpu_s(session: int) -> float:
@@ -486,6 +497,7 @@ class Sample:
     load: LoadResult
     server_cpu_s: float
     metrics: dict[str, float]  # deltas of the service's histogram sums and counts
+    loop_cpu_s: float = float("nan")  # the server's main thread (the service's event loop)
 
 
 def measure_once(
@@ -493,7 +505,7 @@ def measure_once(
 ) -> Sample:
     base = system.server.base
     before = scrape(base, model) if system.server.metrics else {}
-    cpu = session_cpu_s(session)
+    cpu, loop = session_cpu_s(session), thread_cpu_s(session)
     if system.path == "grpc":
         load = run_grpc_load(
             system.server.grpc_target,
@@ -510,9 +522,9 @@ def measure_once(
             duration_s=args.duration,
             warmup_s=args.warmup,
         )
-    cpu = session_cpu_s(session) - cpu
+    cpu, loop = session_cpu_s(session) - cpu, thread_cpu_s(session) - loop
     after = scrape(base, model) if system.server.metrics else {}
-    return Sample(load, cpu, {k: after[k] - before.get(k, 0.0) for k in after})
+    return Sample(load, cpu, {k: after[k] - before.get(k, 0.0) for k in after}, loop)
 
 
 def pool(samples: Sequence[Sample]) -> Point:
@@ -522,10 +534,12 @@ def pool(samples: Sequence[Sample]) -> Point:
     for sample in samples:
         for key, value in sample.metrics.items():
             totals[key] = totals.get(key, 0.0) + value
+    per_request = 1e3 / max(load.answered, 1)
     return Point(
         load,
-        sum(s.server_cpu_s for s in samples) / max(load.answered, 1) * 1e3,
+        sum(s.server_cpu_s for s in samples) * per_request,
         stages_from(totals) if totals else None,
+        sum(s.loop_cpu_s for s in samples) * per_request,
     )
 
 
@@ -548,8 +562,8 @@ def measure(
             print(
                 f"{system.path:6s} c={concurrency:<3d} {system.label:22s} "
                 f"{load.throughput:6.1f}/s  p50 {load.percentile_ms(50):6.0f} ms  "
-                f"p99 {load.percentile_ms(99):6.0f} ms  server CPU {point.server_cpu_ms:5.1f} "
-                f"ms/req  client CPU {load.client_cpu_s / max(load.answered, 1) * 1e3:4.1f} "
+                f"p99 {load.percentile_ms(99):6.0f} ms  server CPU {point.server_cpu_ms:5.2f} "
+                f"ms/req (loop {point.loop_cpu_ms:4.2f})  client CPU {load.client_cpu_s / max(load.answered, 1) * 1e3:4.1f} "
                 f"ms/req  failures {load.failures} {load.failure_example}",
                 flush=True,
             )
@@ -830,6 +844,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--note", default="", help="a sentence for the section (e.g. the model)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
+    args.load_average = os.getloadavg()  # the host's load when the run started
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2.0, 1.0
     if not args.no_triton and not args.triton_python.exists():

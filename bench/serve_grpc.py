@@ -57,16 +57,55 @@ def targets(results: Results) -> list[str]:
 
 
 def cpu_rows(results: Results) -> list[str]:
-    """Server CPU per request of the service's two tensor protocols, at each level."""
+    """Server CPU per request of the service's two tensor protocols, at each level: all of
+    it, and its event loop's share (the main thread)."""
     rows = [
-        "| clients | REST binary: server CPU ms/request | gRPC: server CPU ms/request | REST / gRPC |",
-        "| ---: | ---: | ---: | ---: |",
+        "| clients | REST binary: server CPU ms/request (event loop) | gRPC: server CPU "
+        "ms/request (event loop) | REST / gRPC, all | REST / gRPC, event loop |",
+        "| ---: | ---: | ---: | ---: | ---: |",
     ]
     rest, grpc = results.get("service-v2", {}), results.get("service-grpc", {})
     for c in sorted(set(rest) & set(grpc)):
-        r, g = rest[c].server_cpu_ms, grpc[c].server_cpu_ms
-        rows.append(f"| {c} | {r:.2f} | {g:.2f} | {r / g:.2f} |")
+        r, g = rest[c], grpc[c]
+        rows.append(
+            f"| {c} | {r.server_cpu_ms:.2f} ({r.loop_cpu_ms:.2f}) | {g.server_cpu_ms:.2f} "
+            f"({g.loop_cpu_ms:.2f}) | {r.server_cpu_ms / g.server_cpu_ms:.2f} | "
+            f"{r.loop_cpu_ms / g.loop_cpu_ms:.2f} |"
+        )
     return rows
+
+
+WHY = (
+    "Why they differ: the two paths share everything from the tensor checks on (one data "
+    "plane, one batcher, one inference thread), so the difference is the protocol. A REST "
+    "binary request is handled on the event loop from its first byte: uvicorn's httptools "
+    "parser, two pure-ASGI middlewares (request id, body limit), Starlette's routing and "
+    "FastAPI's dependency injection (the API-key check, the data plane), the JSON header "
+    "parsed and validated by pydantic, and the answer's JSON header built and encoded. A "
+    "gRPC call reaches the event loop already parsed: HTTP/2 framing and the protobuf "
+    "message are gRPC's C core's work, on its own threads (its event engine and the "
+    "completion-queue poller), and the handler reads fields and hands raw bytes to numpy. "
+    "The event-loop column (the server's main thread alone, from /proc) shows the work "
+    "that stays on the service's one serial resource; gRPC's own threads are in the total."
+)
+
+
+def verdict(results: Results) -> str:
+    """Which protocol was cheaper per request at 32 clients in this run, by how much."""
+    c = TARGET_CONCURRENCY
+    rest, grpc = results.get("service-v2", {}).get(c), results.get("service-grpc", {}).get(c)
+    if rest is None or grpc is None:
+        return ""
+    saved, loop_saved = (
+        rest.server_cpu_ms - grpc.server_cpu_ms,
+        rest.loop_cpu_ms - grpc.loop_cpu_ms,
+    )
+    cheaper = "gRPC" if saved > 0 else "REST binary"
+    return (
+        f"In this run, at {c} clients, {cheaper} cost less server CPU per request: "
+        f"{abs(saved):.2f} ms ({abs(saved) / max(rest.server_cpu_ms, grpc.server_cpu_ms):.0%}), "
+        f"of which {loop_saved:+.2f} ms on the event loop (REST minus gRPC)."
+    )
 
 
 def markdown(
@@ -92,6 +131,17 @@ def markdown(
             "## Service over gRPC: vs Triton's gRPC, and vs the service's REST binary path (CPU)",
             "",
             *([args.note, ""] if args.note else []),
+            *(
+                [
+                    "**Preliminary**: measured while other jobs kept the 2 cores busy (load "
+                    f"average {args.load_average[0]:.1f} at the start). Wall-clock figures are "
+                    "low and noisy and favour servers with more runnable threads; server CPU "
+                    "per request is the steadier comparison until a rerun on a quiet host.",
+                    "",
+                ]
+                if args.preliminary
+                else []
+            ),
             f"`{m.name}/{m.version}`, the tensors of the tensor path above (batch-1, "
             f"{len(systems[0].payloads) or len(systems[0].grpc_requests)} example clips in "
             "turn). gRPC load: `tritonclient.grpc.aio` on one channel (one HTTP/2 "
@@ -116,13 +166,18 @@ def markdown(
             "",
             *cpu_rows(results),
             "",
+            WHY,
+            "",
+            verdict(results),
+            "",
             "![serve-grpc](plots/serve-grpc.png)",
             "",
             f"Triton: tritonserver {triton_version} from `nvidia-pytriton` 0.7.0 (CPU, python "
             "backend, one ONNX Runtime call per batch), its gRPC port.",
             "",
             f"Rerun: `{rerun}`. Machine: {report.machine()}; {report.today()}; "
-            f"onnxruntime {ort.__version__}.",
+            f"onnxruntime {ort.__version__}; load average {args.load_average[0]:.1f} at the "
+            "start.",
         ]
     )
 

@@ -503,3 +503,15 @@ def test_sigterm_answers_every_grpc_call_in_flight_then_refuses_new_ones(
     assert late is not None and str(late.status()) == "StatusCode.UNAVAILABLE"
     log = server.log()
     assert "gRPC: refusing new calls" in log and "gRPC stopped" in log and " shut down" in log
+
+
+def test_grpc_port_zero_serves_http_alone(repo: Path, tmp_path: Path) -> None:
+    server = Server(repo, tmp_path / "server.log", {"MPLSTM_GRPC_PORT": "0"}).start()
+    try:
+        assert server.healthy()
+        rest = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+        assert rest.infer(DROPOUT_MODEL, http_inputs(random_clip(1, 8))).as_numpy("logits").size
+    finally:
+        server.stop()
+    assert "gRPC is off (MPLSTM_GRPC_PORT=0)" in server.log()
+    assert "gRPC listening" not in server.log()
