@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -92,32 +92,42 @@ def tensor_payload(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> 
     )
 
 
-async def _client(
-    session: aiohttp.ClientSession,
-    url: str,
-    payloads: itertools.cycle,
-    window: tuple[float, float],
-    latencies: list[float],
-    failures: list[str],
-    answered: list[int],
-) -> None:
-    start_at, stop_at = window
-    while (sent := time.perf_counter()) < stop_at:
-        payload = next(payloads)
-        try:
-            async with session.post(url, data=payload.body, headers=payload.headers) as response:
-                text = await response.read()
-                ok = response.status == 200
-                problem = "" if ok else f"HTTP {response.status}: {text[:200]!r}"
-        except aiohttp.ClientError as exc:
-            ok, problem = False, f"{type(exc).__name__}: {exc}"
-        done = time.perf_counter()
-        answered[0] += ok
-        if start_at <= done <= stop_at:
-            if ok:
-                latencies.append(done - sent)
-            else:
-                failures.append(problem)
+Send = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+async def closed_loop(
+    send: Send, *, concurrency: int, duration_s: float, warmup_s: float
+) -> LoadResult:
+    """`concurrency` clients each awaiting `send()` -> (ok, problem) in a loop; see the module
+    docstring. Protocol-free: bench/grpc_load.py drives gRPC calls through it too."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    answered = [0]
+    start_at = time.perf_counter() + warmup_s
+    stop_at = start_at + duration_s
+
+    async def client() -> None:
+        while (sent := time.perf_counter()) < stop_at:
+            ok, problem = await send()
+            done = time.perf_counter()
+            answered[0] += ok
+            if start_at <= done <= stop_at:
+                if ok:
+                    latencies.append(done - sent)
+                else:
+                    failures.append(problem)
+
+    cpu = time.process_time()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return LoadResult(
+        concurrency=concurrency,
+        duration_s=duration_s,
+        latencies_s=np.asarray(latencies),
+        failures=len(failures),
+        answered=answered[0],
+        client_cpu_s=time.process_time() - cpu,
+        failure_example=failures[0] if failures else "",
+    )
 
 
 async def generate_load(
@@ -138,29 +148,23 @@ async def generate_load(
         raise ValueError("at least one payload is needed")
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    latencies: list[float] = []
-    failures: list[str] = []
-    answered = [0]
     cycle = itertools.cycle(payloads)
-    cpu = time.process_time()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        start_at = time.perf_counter() + warmup_s
-        window = (start_at, start_at + duration_s)
-        await asyncio.gather(
-            *(
-                _client(session, url, cycle, window, latencies, failures, answered)
-                for _ in range(concurrency)
-            )
+
+        async def send() -> tuple[bool, str]:
+            payload = next(cycle)
+            try:
+                async with session.post(url, data=payload.body, headers=payload.headers) as r:
+                    text = await r.read()
+                    if r.status == 200:
+                        return True, ""
+                    return False, f"HTTP {r.status}: {text[:200]!r}"
+            except aiohttp.ClientError as exc:
+                return False, f"{type(exc).__name__}: {exc}"
+
+        return await closed_loop(
+            send, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s
         )
-    return LoadResult(
-        concurrency=concurrency,
-        duration_s=duration_s,
-        latencies_s=np.asarray(latencies),
-        failures=len(failures),
-        answered=answered[0],
-        client_cpu_s=time.process_time() - cpu,
-        failure_example=failures[0] if failures else "",
-    )
 
 
 def merge_results(results: Sequence[LoadResult]) -> LoadResult:

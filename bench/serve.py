@@ -7,6 +7,9 @@ MPLSTM_MAX_BATCH=1, (c) the naive FastAPI app of bench/naive_app.py; and the bou
 clip of batched inference), both measured in this process. Tensor path
 (`POST /v2/models/{name}/infer`, binary tensors): (a) against Triton Inference Server's
 dynamic batcher serving the same model.onnx (bench/triton_model.py, in .venv-triton).
+gRPC (`inference.GRPCInferenceService`, the same tensors from `tritonclient.grpc.aio`,
+bench/grpc_load.py): the service's gRPC port against Triton's, and against the service's
+own REST binary path, in a section of its own.
 
 All servers run at once, idle but for the one being measured; within each concurrency
 level, short rounds go to every server in turn and are pooled, so that a busy host slows
@@ -17,7 +20,9 @@ the host hardly move. Where the service's time goes (decode, queue, inference) c
 the deltas of its own /metrics.
 
 Run: .venv/bin/python bench/serve.py [--package models/demo-lipreading/1] [--quick]
-(defaults: about 6 minutes; --quick: about 2; Triton needs .venv-triton, see TRITON_SETUP)
+[--paths video tensor grpc] (defaults: about 8 minutes; --quick: about 3; Triton needs
+.venv-triton, see TRITON_SETUP). `--paths grpc --concurrency 1 8 32` measures and writes
+the gRPC section alone.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import report
+from bench import report, serve_grpc
+from bench.grpc_load import check_grpc, grpc_request, run_grpc_load
 from bench.loadgen import (
     LoadResult,
     Payload,
@@ -66,6 +72,7 @@ TRITON_SETUP = (
     ".venv-triton/bin/pip install nvidia-pytriton==0.7.0 numpy==1.26.4 onnxruntime==1.31.1",
 )
 CONCURRENCY = (1, 8, 32, 64)
+PATHS = ("video", "tensor", "grpc")
 TARGET_CONCURRENCY = 32  # where the issue's throughput targets are set
 TAIL_CONCURRENCY = 8  # where p99 <= 2x p50 is asked for
 STAGES = ("decode", "queue", "inference")
@@ -81,10 +88,15 @@ class Server:
     ready_path: str
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     metrics: bool = False  # whether it has the service's /metrics
+    grpc_port: int = 0  # its Open Inference Protocol gRPC port, if any
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
 
 @dataclass(frozen=True)
@@ -93,10 +105,11 @@ class System:
 
     key: str
     label: str
-    path: str  # "video" or "tensor"
+    path: str  # "video", "tensor" (REST) or "grpc"
     server: Server
     route: str
     payloads: tuple[Payload, ...]
+    grpc_requests: tuple[object, ...] = ()  # ModelInferRequests, on the grpc path
 
 
 @dataclass(frozen=True)
@@ -147,16 +160,26 @@ def example_clips(folder: Path, view_names: Sequence[str], count: int) -> list[d
     return clips
 
 
-def tensor_inputs(package: ModelPackage, clips: Sequence[dict[str, bytes]]) -> list[Payload]:
-    """The clips decoded as the service would, sent as batch-1 binary tensors."""
+def _decoded(
+    package: ModelPackage, clips: Sequence[dict[str, bytes]]
+) -> Iterator[dict[str, np.ndarray]]:
+    """The clips decoded as the service would, as batch-1 model inputs."""
     config = package.manifest.preprocess_config()
-    outputs = [spec.name for spec in package.manifest.outputs]
-    payloads = []
     for views in clips:
         clip = load_clip(views, config)
-        inputs = {"clip": clip.frames[None], "view_mask": clip.view_mask[None]}
-        payloads.append(tensor_payload(inputs, outputs))
-    return payloads
+        yield {"clip": clip.frames[None], "view_mask": clip.view_mask[None]}
+
+
+def tensor_inputs(package: ModelPackage, clips: Sequence[dict[str, bytes]]) -> list[Payload]:
+    """The clips decoded as the service would, sent as batch-1 binary tensors."""
+    outputs = [spec.name for spec in package.manifest.outputs]
+    return [tensor_payload(inputs, outputs) for inputs in _decoded(package, clips)]
+
+
+def grpc_tensor_requests(package: ModelPackage, clips: Sequence[dict[str, bytes]]) -> list[object]:
+    """The same tensors as ModelInferRequests (raw contents), as tritonclient.grpc sends them."""
+    outputs = [spec.name for spec in package.manifest.outputs]
+    return [grpc_request(package.name, inputs, outputs) for inputs in _decoded(package, clips)]
 
 
 # -- the bound ---------------------------------------------------------------------------
@@ -320,10 +343,9 @@ def build_systems(
 
     def service(key: str, **env: str) -> Server:
         command = (str(PYTHON), "-m", "mplstm", "serve", "--models", models, "--port")
-        port = free_port()
-        return Server(
-            key, (*command, str(port)), port, "/v2/health/ready", {**service_env, **env}, True
-        )
+        port, grpc_port = free_port(), free_port()
+        env = {**service_env, "MPLSTM_GRPC_PORT": str(grpc_port), **env}
+        return Server(key, (*command, str(port)), port, "/v2/health/ready", env, True, grpc_port)
 
     default = service("service")
     batcher = service("service-batcher", MPLSTM_VIDEO_INFERENCE="main")
@@ -345,15 +367,24 @@ def build_systems(
     video = tuple(multipart_payload(views) for views in clips)
     tensors = tuple(tensor_inputs(package, clips))
     predict, infer = f"/v1/models/{name}/predict", f"/v2/models/{name}/infer"
-    systems = [
-        System("service", "service", "video", default, predict, video),
-        System("service-batcher", "service, batcher", "video", batcher, predict, video),
-        System("service-b1", "service, batcher, max_batch=1", "video", unbatched, predict, video),
-        System("naive", "naive FastAPI app", "video", naive, predict, video),
-        System("service-v2", "service", "tensor", default, infer, tensors),
-    ]
+    systems = []
+    if "video" in args.paths:
+        systems += [
+            System("service", "service", "video", default, predict, video),
+            System("service-batcher", "service, batcher", "video", batcher, predict, video),
+            System(
+                "service-b1", "service, batcher, max_batch=1", "video", unbatched, predict, video
+            ),
+            System("naive", "naive FastAPI app", "video", naive, predict, video),
+        ]
+    # The gRPC section sets gRPC beside the REST binary path: that row comes with it.
+    if "tensor" in args.paths or "grpc" in args.paths:
+        systems.append(System("service-v2", "service", "tensor", default, infer, tensors))
+    requests = tuple(grpc_tensor_requests(package, clips))
+    if "grpc" in args.paths:
+        systems.append(System("service-grpc", "service", "grpc", default, "", (), requests))
     if not args.no_triton:
-        port = free_port()
+        port, grpc_port = free_port(), free_port()
         triton = Server(
             "triton",
             (
@@ -365,11 +396,19 @@ def build_systems(
                 str(port),
                 "--max-delay-ms",
                 str(args.max_delay_ms),
+                "--grpc-port",
+                str(grpc_port),
             ),
             port,
             f"/v2/models/{name}/ready",
+            grpc_port=grpc_port,
         )
-        systems.append(System("triton", "Triton (pytriton)", "tensor", triton, infer, tensors))
+        if "tensor" in args.paths:
+            systems.append(System("triton", "Triton (pytriton)", "tensor", triton, infer, tensors))
+        if "grpc" in args.paths:
+            systems.append(
+                System("triton-grpc", "Triton (pytriton)", "grpc", triton, "", (), requests)
+            )
     return systems
 
 
@@ -385,6 +424,17 @@ class Point:
     # throughput, it hardly moves when other jobs share the cores.
     server_cpu_ms: float
     stages: Stages | None  # the service's own account, from its /metrics
+    # Of that, the server's main thread: the service's event loop (HTTP and gRPC handlers).
+    loop_cpu_ms: float = float("nan")
+
+
+def thread_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of the main thread of process `pid`."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def session_cpu_s(session: int) -> float:
@@ -412,7 +462,8 @@ def scrape(base: str, model: str) -> dict[str, float]:
                 continue
             key = sample.name.rsplit("_", 1)[1]
             stage = sample.labels.get("stage", "batch")
-            values[f"{stage}_{key}"] = sample.value
+            # Summed over the other labels (protocol: http and grpc).
+            values[f"{stage}_{key}"] = values.get(f"{stage}_{key}", 0.0) + sample.value
     return values
 
 
@@ -428,6 +479,9 @@ def stages_from(totals: dict[str, float]) -> Stages:
 
 def check(system: System) -> None:
     """One request, so that a wrong route or payload fails before any measuring."""
+    if system.path == "grpc":
+        check_grpc(system.server.grpc_target, system.grpc_requests[0])
+        return
     try:
         http_post(system.server.base + system.route, system.payloads[0])
     except urllib.error.HTTPError as exc:
@@ -443,6 +497,7 @@ class Sample:
     load: LoadResult
     server_cpu_s: float
     metrics: dict[str, float]  # deltas of the service's histogram sums and counts
+    loop_cpu_s: float = float("nan")  # the server's main thread (the service's event loop)
 
 
 def measure_once(
@@ -450,17 +505,26 @@ def measure_once(
 ) -> Sample:
     base = system.server.base
     before = scrape(base, model) if system.server.metrics else {}
-    cpu = session_cpu_s(session)
-    load = run_load(
-        base + system.route,
-        system.payloads,
-        concurrency=concurrency,
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-    )
-    cpu = session_cpu_s(session) - cpu
+    cpu, loop = session_cpu_s(session), thread_cpu_s(session)
+    if system.path == "grpc":
+        load = run_grpc_load(
+            system.server.grpc_target,
+            system.grpc_requests,
+            concurrency=concurrency,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+        )
+    else:
+        load = run_load(
+            base + system.route,
+            system.payloads,
+            concurrency=concurrency,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+        )
+    cpu, loop = session_cpu_s(session) - cpu, thread_cpu_s(session) - loop
     after = scrape(base, model) if system.server.metrics else {}
-    return Sample(load, cpu, {k: after[k] - before.get(k, 0.0) for k in after})
+    return Sample(load, cpu, {k: after[k] - before.get(k, 0.0) for k in after}, loop)
 
 
 def pool(samples: Sequence[Sample]) -> Point:
@@ -470,10 +534,12 @@ def pool(samples: Sequence[Sample]) -> Point:
     for sample in samples:
         for key, value in sample.metrics.items():
             totals[key] = totals.get(key, 0.0) + value
+    per_request = 1e3 / max(load.answered, 1)
     return Point(
         load,
-        sum(s.server_cpu_s for s in samples) / max(load.answered, 1) * 1e3,
+        sum(s.server_cpu_s for s in samples) * per_request,
         stages_from(totals) if totals else None,
+        sum(s.loop_cpu_s for s in samples) * per_request,
     )
 
 
@@ -496,8 +562,8 @@ def measure(
             print(
                 f"{system.path:6s} c={concurrency:<3d} {system.label:22s} "
                 f"{load.throughput:6.1f}/s  p50 {load.percentile_ms(50):6.0f} ms  "
-                f"p99 {load.percentile_ms(99):6.0f} ms  server CPU {point.server_cpu_ms:5.1f} "
-                f"ms/req  client CPU {load.client_cpu_s / max(load.answered, 1) * 1e3:4.1f} "
+                f"p99 {load.percentile_ms(99):6.0f} ms  server CPU {point.server_cpu_ms:5.2f} "
+                f"ms/req (loop {point.loop_cpu_ms:4.2f})  client CPU {load.client_cpu_s / max(load.answered, 1) * 1e3:4.1f} "
                 f"ms/req  failures {load.failures} {load.failure_example}",
                 flush=True,
             )
@@ -749,7 +815,7 @@ def triton_server_version(systems: Sequence[System]) -> str:
     import json
 
     for system in systems:
-        if system.key == "triton":
+        if system.server.key == "triton":
             return json.loads(http_get(system.server.base + "/v2"))["version"]
     return ""
 
@@ -767,6 +833,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=1.5, help="s before measuring")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--max-delay-ms", type=float, default=5.0, help="service and Triton")
+    parser.add_argument(
+        "--paths", nargs="+", choices=PATHS, default=list(PATHS),
+        help="what to measure: the video and tensor paths (the HTTP section) and gRPC (its own)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s: a smoke run")
     parser.add_argument("--no-triton", action="store_true", help="skip Triton")
     parser.add_argument("--triton-python", type=Path, default=Path(".venv-triton/bin/python"))
@@ -774,6 +844,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--note", default="", help="a sentence for the section (e.g. the model)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
+    args.load_average = os.getloadavg()  # the host's load when the run started
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2.0, 1.0
     if not args.no_triton and not args.triton_python.exists():
@@ -784,14 +855,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     package = load_package(args.package)
     clips = example_clips(args.clips, package.manifest.view_names, args.num_clips)
-    bound = measure_bound(package, clips, seconds=3.0 if args.quick else 18.0)
-    print(
-        f"bound: decode {bound.decode_cpu_ms:.1f} ms CPU/clip, inference "
-        f"{bound.inference_cpu_ms:.1f} ms CPU/clip at batch {bound.batch} "
-        f"({bound.inference_b1_cpu_ms:.1f} at batch 1) -> "
-        f"{bound.clips_per_s:.1f} clips/s on {bound.cores} cores",
-        flush=True,
-    )
+    http_section = {"video", "tensor"} <= set(args.paths)
+    if http_section:
+        bound = measure_bound(package, clips, seconds=3.0 if args.quick else 18.0)
+        print(
+            f"bound: decode {bound.decode_cpu_ms:.1f} ms CPU/clip, inference "
+            f"{bound.inference_cpu_ms:.1f} ms CPU/clip at batch {bound.batch} "
+            f"({bound.inference_b1_cpu_ms:.1f} at batch 1) -> "
+            f"{bound.clips_per_s:.1f} clips/s on {bound.cores} cores",
+            flush=True,
+        )
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         work = Path(tmp)
         systems = build_systems(package, clips, work, args)
@@ -799,13 +872,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         with running(servers, work) as sessions:
             triton_version = triton_server_version(systems)
             results = measure(systems, sessions, package.name, args)
-    if not args.no_write:
+    if args.no_write:
+        return
+    if http_section:
         plot(
             systems, results, bound, report.plot_path("serve"),
             f"{package.name}: service vs naive app vs Triton, batch-1 requests over loopback",
         )  # fmt: skip
         report.write_section(
             "serve", markdown(package, systems, results, bound, args, triton_version)
+        )
+    if "grpc" in args.paths:
+        serve_grpc.plot(systems, results, report.plot_path("serve-grpc"), package.name)
+        report.write_section(
+            "serve-grpc",
+            serve_grpc.markdown(package, systems, results, args, triton_version, _cell),
         )
 
 

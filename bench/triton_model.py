@@ -66,8 +66,10 @@ def session(model_path: Path, intra_op_threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
-def serve(package: Path, port: int, max_batch: int, max_delay_ms: float, threads: int) -> None:
-    """Serve `package` on `port` (HTTP, Open Inference Protocol) until SIGINT/SIGTERM."""
+def serve(
+    package: Path, port: int, max_batch: int, max_delay_ms: float, threads: int, grpc_port: int
+) -> None:
+    """Serve `package` on `port` (HTTP) and `grpc_port` (Open Inference Protocol) until SIGTERM."""
     manifest = json.loads((package / "manifest.json").read_text())
     sess = session(package / "model.onnx", threads)
     output_names = [spec["name"] for spec in manifest["outputs"]]
@@ -80,7 +82,7 @@ def serve(package: Path, port: int, max_batch: int, max_delay_ms: float, threads
         http_address="127.0.0.1",
         http_port=port,
         grpc_address="127.0.0.1",
-        grpc_port=_free_port(),
+        grpc_port=grpc_port or _free_port(),
         metrics_port=_free_port(),
         log_verbose=0,
     )
@@ -106,9 +108,10 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    parser.add_argument("--grpc-port", type=int, default=0, help="gRPC port (0: any free one)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    serve(args.package, args.port, args.max_batch, args.max_delay_ms, args.threads)
+    serve(args.package, args.port, args.max_batch, args.max_delay_ms, args.threads, args.grpc_port)
 
 
 if __name__ == "__main__":

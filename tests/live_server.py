@@ -31,17 +31,31 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     command: str = "uvicorn"  # or "mplstm" (the `mplstm serve` entry point)
     port: int = 0
+    grpc_port: int = 0
     process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def grpc_target(self) -> str:
+        """host:port of its gRPC server (tritonclient.grpc's `url`)."""
+        return f"127.0.0.1:{self.grpc_port}"
+
     def start(self, *, wait_ready: bool = True) -> Server:
         self.port = free_port()
+        # A port of its own: the default (8001) would clash between servers.
+        self.grpc_port = int(self.env.get("MPLSTM_GRPC_PORT") or free_port())
         # Only this server's MPLSTM_* settings, none inherited from the test runner.
         env = {k: v for k, v in os.environ.items() if not k.startswith("MPLSTM_")}
-        env.update({"MPLSTM_MODELS_DIR": str(self.models_dir), **self.env})
+        env.update(
+            {
+                "MPLSTM_MODELS_DIR": str(self.models_dir),
+                "MPLSTM_GRPC_PORT": str(self.grpc_port),
+                **self.env,
+            }
+        )
         if self.command == "mplstm":
             args = [sys.executable, "-m", "mplstm", "serve", "--port", str(self.port)]
         else:

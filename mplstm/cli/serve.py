@@ -9,13 +9,16 @@ import os
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="serve the model packages over HTTP (/v1 video, /v2 Open Inference Protocol)",
+        help="serve the model packages over HTTP (/v1 video, /v2 Open Inference Protocol) and gRPC",
         description="Serve every model under the models folder. Options override the "
         "MPLSTM_* environment variables (see docs/service.md).",
     )
     parser.add_argument("--models", help="model repository folder (MPLSTM_MODELS_DIR)")
     parser.add_argument("--host", help="address to bind (MPLSTM_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (MPLSTM_PORT, default 8000)")
+    parser.add_argument(
+        "--grpc-port", type=int, help="gRPC port (MPLSTM_GRPC_PORT, default 8001; 0: off)"
+    )
     parser.add_argument(
         "--workers", type=int, help="uvicorn worker processes (MPLSTM_WORKERS, default 1)"
     )
@@ -33,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         ("models", "MPLSTM_MODELS_DIR"),
         ("host", "MPLSTM_HOST"),
         ("port", "MPLSTM_PORT"),
+        ("grpc_port", "MPLSTM_GRPC_PORT"),
         ("workers", "MPLSTM_WORKERS"),
     ):
         value = getattr(args, option)

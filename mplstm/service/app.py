@@ -1,8 +1,10 @@
 """The FastAPI app: `create_app(settings)`; `app_from_env()` is the uvicorn factory.
 
-Start-up (lifespan) loads and warms up every model, then the server reports ready.
-On SIGTERM uvicorn stops accepting connections and waits for in-flight requests;
-the lifespan's shutdown then drains every batcher and the worker processes.
+Start-up (lifespan) starts the gRPC server (`grpc_server.py`) beside the HTTP app, loads
+and warms up every model, then the server reports ready. On SIGTERM uvicorn stops
+accepting connections and waits for in-flight requests, and the gRPC server refuses new
+calls; the lifespan's shutdown then lets the gRPC calls in flight finish and drains every
+batcher and the worker processes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from mplstm import __version__
+from mplstm.service.dataplane import DataPlane
 from mplstm.service.errors import install_error_handlers
+from mplstm.service.grpc_server import GrpcServer
 from mplstm.service.limits import BodyLimitMiddleware
 from mplstm.service.logs import RequestIdMiddleware, configure_logging
 from mplstm.service.metrics import ServiceMetrics
@@ -43,8 +47,17 @@ def create_app(settings: Settings) -> FastAPI:
         metrics = ServiceMetrics()
         workers = await VideoWorkers.open(settings.decode_workers, settings.decode_limits())
         repository = ModelRepository(settings, metrics, workers)
-        app.state.services = Services(settings, repository, workers, metrics)
+        app.state.services = services = Services(settings, repository, workers, metrics)
+        app.state.dataplane = plane = DataPlane(services)
+        try:
+            # Bound before the models load, so a taken port fails start-up at once; it
+            # answers NOT_SERVING (health) and UNAVAILABLE (inference) until they are ready.
+            grpc_server = await GrpcServer.start(plane, settings, api_keys)
+        except BaseException:
+            await workers.close()
+            raise
         await repository.load_all()
+        await grpc_server.readiness_changed(repository.ready)
         # What start-up loaded lives as long as the process: frozen out of the cyclic
         # GC's sight, full collections stop walking it; they had paused every request in
         # flight (docs/benchmarks.md, design figures).
@@ -53,6 +66,9 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            # gRPC stopped accepting at SIGTERM already (GrpcServer); here its calls in
+            # flight finish, then the batchers they wait on drain.
+            await grpc_server.stop()
             log.info("shutting down: draining batchers")
             await repository.close()
             await workers.close()

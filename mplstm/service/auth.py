@@ -1,7 +1,8 @@
 """API keys: `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared in constant time.
 
-Health, readiness and metrics stay open (probes and scrapers carry no key). With no
-key configured auth is off, and start-up logs a warning saying so.
+The same headers over HTTP and as gRPC metadata (`authorization`, `x-api-key`). Health,
+readiness and metrics stay open (probes and scrapers carry no key). With no key
+configured auth is off, and start-up logs a warning saying so.
 """
 
 from __future__ import annotations
@@ -25,24 +26,33 @@ def keys_match(given: str, keys: frozenset[str]) -> bool:
     return found
 
 
-def presented_key(request: Request) -> str | None:
-    """The key a request carries, from either header."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def key_from_headers(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key carried by an `authorization: Bearer KEY` or an `x-api-key` header."""
+    scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key") or None
+    return x_api_key or None
 
 
-async def require_api_key(request: Request) -> None:
-    """FastAPI dependency: 401 unless auth is off or the request carries a valid key."""
-    keys: frozenset[str] = request.app.state.api_keys
+def presented_key(request: Request) -> str | None:
+    """The key a request carries, from either header."""
+    return key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+
+def check_api_key(given: str | None, keys: frozenset[str]) -> None:
+    """UnauthorizedError unless auth is off (no keys) or `given` is one of `keys`."""
     if not keys:
         return
-    given = presented_key(request)
     if given is None:
         raise UnauthorizedError(
             "this server needs an API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"
         )
     if not keys_match(given, keys):
         raise UnauthorizedError("the API key is not valid")
+
+
+async def require_api_key(request: Request) -> None:
+    """FastAPI dependency: 401 unless auth is off or the request carries a valid key."""
+    keys: frozenset[str] = request.app.state.api_keys
+    if keys:
+        check_api_key(presented_key(request), keys)

@@ -1,18 +1,24 @@
 """The dynamic batcher: one per model, it turns concurrent requests into batches.
 
-Requests wait in a bounded asyncio queue. The first request of a batch opens it; the
-batch closes when it holds `max_batch` clips or `max_delay_s` after that request
-arrived, whichever comes first. While one batch runs in the inference thread (off the
-event loop; ONNX Runtime releases the GIL), the next one gathers in the queue, so
-under load batches close full without waiting. Clips of different shape (a different
-T on the tensor route) are grouped by shape and run as separate batches. A full queue
-is refused at once (`QueueFullError`, 503 + Retry-After) rather than growing latency
-without bound; a request past its deadline is dropped before it costs inference.
+Requests wait in a bounded priority queue (Triton's schedule-policy extension: level 1
+first, then 2, ...; first come, first served within a level). A batch opens when its
+oldest waiting request arrived and closes when `max_batch` clips wait or `max_delay_s`
+after that arrival, whichever comes first; it then takes the waiting requests in priority
+order. While one batch runs in the inference thread (off the event loop; ONNX Runtime
+releases the GIL), the next one gathers in the queue, so under load batches close full
+without waiting. Clips of different shape (a different T on the tensor route) are
+grouped by shape and run as separate batches. A full queue is refused at once
+(`QueueFullError`, 503 + Retry-After) rather than growing latency without bound; a
+request whose queue timeout (the `timeout` parameter) passes while it waits is answered
+at that moment with `QueueTimeoutError` and never runs; one past its deadline is dropped
+before it costs inference.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -21,12 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client import Gauge
 
 from mplstm.inference.backend import InferenceOutput
 from mplstm.service.errors import (
     BadTensorError,
     DeadlineExceededError,
     InferenceFailedError,
+    QueueTimeoutError,
     model_queue_full,
     model_shutting_down,
     no_answer_in_time,
@@ -56,13 +64,17 @@ class _Pending:
     future: asyncio.Future[BatchResult]
     enqueued: float  # loop time
     deadline: float  # loop time
+    level: int  # priority level, 1 first
+    order: int  # arrival order, ties within a level
+    queued: bool = True  # still in the queue (not taken into a batch)
+    expiry: asyncio.TimerHandle | None = None  # the queue timeout, while queued
 
     @property
     def rows(self) -> int:
         return self.clip.shape[0]
 
-
-_STOP = object()
+    def __lt__(self, other: _Pending) -> bool:
+        return (self.level, self.order) < (other.level, other.order)
 
 
 class DynamicBatcher:
@@ -77,12 +89,17 @@ class DynamicBatcher:
         max_delay_s: float,
         max_queue: int,
         metrics: ServiceMetrics,
+        default_level: int = 1,
     ) -> None:
         self.model = model
         self.max_batch = max_batch
+        self.default_level = default_level
         self._infer = infer
         self._max_delay_s = max_delay_s
-        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue(maxsize=max_queue)
+        self._max_queue = max_queue
+        self._heap: list[_Pending] = []
+        self._arrivals = itertools.count()
+        self._changed = asyncio.Event()
         self._metrics = metrics
         # One thread: batches of a model run one after another; the backend itself uses
         # every core for one batch.
@@ -97,26 +114,46 @@ class DynamicBatcher:
         )
 
     async def submit(
-        self, clip: np.ndarray, view_mask: np.ndarray, *, timeout_s: float
+        self,
+        clip: np.ndarray,
+        view_mask: np.ndarray,
+        *,
+        timeout_s: float,
+        level: int | None = None,
+        queue_timeout_s: float | None = None,
     ) -> BatchResult:
-        """Queue clips [n, V, T, C, H, W] (n <= max_batch) and wait for their rows of a batch."""
+        """Queue clips [n, V, T, C, H, W] (n <= max_batch) and wait for their rows of a batch.
+
+        `level`: priority level (1 first; None: the default). `queue_timeout_s`: how long
+        the request may wait for its batch to start; past it, `QueueTimeoutError`.
+        """
         if self._closing:
             raise model_shutting_down(self.model)
         if clip.shape[0] > self.max_batch:
             raise BadTensorError(
                 f"batch of {clip.shape[0]} clips exceeds this model's max_batch {self.max_batch}"
             )
+        if len(self._heap) >= self._max_queue:
+            raise model_queue_full(self.model, self._max_queue)
         loop = asyncio.get_running_loop()
         now = loop.time()
-        item = _Pending(clip, view_mask, loop.create_future(), now, now + timeout_s)
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            raise model_queue_full(self.model, self._queue.maxsize) from None
+        item = _Pending(
+            clip,
+            view_mask,
+            loop.create_future(),
+            now,
+            now + timeout_s,
+            self.default_level if level is None else level,
+            next(self._arrivals),
+        )
+        if queue_timeout_s is not None:
+            item.expiry = loop.call_later(queue_timeout_s, self._expire, item, queue_timeout_s)
+        heapq.heappush(self._heap, item)
+        self._changed.set()
         # Pending = waiting for inference, in the queue or in the batch being gathered.
         depth = self._metrics.queue_depth.labels(self.model)
         depth.inc()
-        item.future.add_done_callback(lambda _: depth.dec())
+        item.future.add_done_callback(lambda _: self._settled(item, depth))
         try:
             return await asyncio.wait_for(item.future, timeout_s)
         except TimeoutError:
@@ -127,39 +164,65 @@ class DynamicBatcher:
         if self._task is None:
             return
         self._closing = True
-        await self._queue.put(_STOP)
+        self._changed.set()
         await self._task
         self._executor.shutdown(wait=True)
         self._task = None
 
+    def _expire(self, item: _Pending, timeout_s: float) -> None:
+        if item.queued and not item.future.done():
+            item.future.set_exception(
+                QueueTimeoutError(
+                    f"request waited longer than its timeout of {timeout_s * 1e6:.0f} us in "
+                    f"the queue of model {self.model!r}; it was not run"
+                )
+            )
+
+    def _settled(self, item: _Pending, depth: Gauge) -> None:
+        """A request's answer is set (or it gave up): out of the queue and the gauge."""
+        depth.dec()
+        if item.expiry is not None:
+            item.expiry.cancel()
+        if item.queued:
+            # Expired or abandoned while waiting: it leaves the queue now, so it holds no
+            # place in the bound.
+            item.queued = False
+            self._heap.remove(item)
+            heapq.heapify(self._heap)
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        stop = False
-        while not stop:
-            first = await self._queue.get()
-            if first is _STOP:
-                break
-            assert isinstance(first, _Pending)
-            batch = [first]
-            rows = first.rows
-            close_at = first.enqueued + self._max_delay_s
-            while rows < self.max_batch:
+        while self._heap or not self._closing:
+            if not self._heap:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            # The batch opened when its oldest waiting request arrived.
+            close_at = min(item.enqueued for item in self._heap) + self._max_delay_s
+            while not self._closing and sum(i.rows for i in self._heap) < self.max_batch:
                 wait = close_at - loop.time()
+                if wait <= 0:
+                    break
+                self._changed.clear()
                 try:
-                    if wait <= 0:
-                        item = self._queue.get_nowait()
-                    else:
-                        item = await asyncio.wait_for(self._queue.get(), wait)
-                except (asyncio.QueueEmpty, TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), wait)
+                except TimeoutError:
                     break
-                if item is _STOP:
-                    stop = True
-                    break
-                assert isinstance(item, _Pending)
-                batch.append(item)
-                rows += item.rows
-            for group in self._groups(batch):
+            for group in self._groups(self._take()):
                 await self._run(group)
+
+    def _take(self) -> list[_Pending]:
+        """The waiting requests in priority order, up to max_batch clips (at least one)."""
+        batch: list[_Pending] = []
+        rows = 0
+        while self._heap and (not batch or rows + self._heap[0].rows <= self.max_batch):
+            item = heapq.heappop(self._heap)
+            item.queued = False
+            if item.expiry is not None:
+                item.expiry.cancel()
+            batch.append(item)
+            rows += item.rows
+        return batch
 
     def _groups(self, batch: list[_Pending]) -> list[list[_Pending]]:
         """Live requests grouped by clip shape, each group cut to at most max_batch clips."""
@@ -195,7 +258,7 @@ class DynamicBatcher:
                     )
             return
         rows = sum(item.rows for item in group)
-        self._metrics.batch_size.labels(self.model).observe(rows)
+        self._metrics.observe_batch(self.model, rows, inference_s)
         offset = 0
         for item in group:
             part = slice(offset, offset + item.rows)

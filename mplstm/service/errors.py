@@ -67,6 +67,12 @@ class DeadlineExceededError(ApiError):
         super().__init__(detail, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+class QueueTimeoutError(DeadlineExceededError):
+    """The request's own `timeout` (schedule policy) passed while it waited; it never ran."""
+
+    code = "queue_timeout"
+
+
 class ShuttingDownError(ApiError):
     code, status = "shutting_down", 503
 
@@ -84,6 +90,12 @@ class TooManyPartsError(ApiError):
 
 class UnsupportedMediaTypeError(ApiError):
     code, status = "unsupported_media_type", 415
+
+
+class BadParameterError(ApiError):
+    """A request parameter (`priority`, `timeout`, ...) with an unusable value."""
+
+    code, status = "bad_parameter", 400
 
 
 class BadTensorError(ApiError):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from mplstm.service.statistics import InferenceStatistics
+
 STAGES = ("decode", "queue", "inference", "total")
 # Seconds: from a fraction of a millisecond (a cached tiny batch) to a slow 30 s request.
 _LATENCY_BUCKETS = (
@@ -25,14 +27,15 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "nv_inference_requests",
-            "Inference requests by model, route and outcome (success or an error code).",
-            ("model", "route", "outcome"),
+            "Inference requests by model, route, outcome (success or an error code) and "
+            "protocol (http or grpc).",
+            ("model", "route", "outcome", "protocol"),
             registry=self.registry,
         )
         self.stage_seconds = Histogram(
             "nv_inference_stage_duration_seconds",
-            "Time per request in each stage: decode, queue, inference, total.",
-            ("model", "stage"),
+            "Time per request in each stage: decode, queue, inference, total; by protocol.",
+            ("model", "stage", "protocol"),
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -58,11 +61,19 @@ class ServiceMetrics:
         self.models_loaded = Gauge(
             "nv_models_loaded", "Models loaded and serving.", registry=self.registry
         )
+        # The same requests in Triton's per-model shape (the gRPC ModelStatistics RPC).
+        self.statistics = InferenceStatistics()
 
-    def observe_stages(self, model: str, seconds: dict[str, float]) -> None:
-        """Record one request's per-stage times (seconds)."""
+    def observe_stages(self, model: str, seconds: dict[str, float], protocol: str = "http") -> None:
+        """Record one successful request's per-stage times (seconds)."""
         for stage, value in seconds.items():
-            self.stage_seconds.labels(model, stage).observe(value)
+            self.stage_seconds.labels(model, stage, protocol).observe(value)
+        self.statistics.request_done(model, seconds)
+
+    def observe_batch(self, model: str, rows: int, seconds: float) -> None:
+        """Record one inference run of `rows` clips that took `seconds`."""
+        self.batch_size.labels(model).observe(rows)
+        self.statistics.batch_ran(model, rows, seconds)
 
     def render(self) -> bytes:
         """The text exposition format for `GET /metrics`."""

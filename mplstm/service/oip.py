@@ -10,32 +10,15 @@ Outputs go back as binary when the request asks (`binary_data_output`, or per ou
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mplstm.core.package import PackageManifest, TensorSpec
 from mplstm.service.errors import BadTensorError
+from mplstm.service.tensors import array_from_bytes, array_from_values, datatype_name
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-# Open Inference Protocol datatype <-> numpy; BYTES (strings) is no input of ours.
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(bool),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
 
 
 class RequestInput(BaseModel):
@@ -75,29 +58,6 @@ class InferResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
-class TensorMetadata(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int] = Field(description="-1 for a dynamic dimension")
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-
-
-def tensor_metadata(spec: TensorSpec) -> TensorMetadata:
-    """A manifest tensor as v2 metadata: symbolic dims ("batch", "time") become -1."""
-    return TensorMetadata(
-        name=spec.name,
-        datatype=_NAMES[np.dtype(spec.dtype)],
-        shape=[d if isinstance(d, int) else -1 for d in spec.shape],
-    )
-
-
 def parse_infer_request(
     body: bytes, header_length: str | None
 ) -> tuple[InferRequest, dict[str, np.ndarray]]:
@@ -126,98 +86,29 @@ def parse_infer_request(
     for tensor in request.inputs:
         if tensor.name in arrays:
             raise BadTensorError(f"input {tensor.name!r} given twice")
-        dtype = DATATYPES.get(tensor.datatype)
-        if dtype is None:
-            raise BadTensorError(
-                f"input {tensor.name!r}: datatype {tensor.datatype!r} is not one of {sorted(DATATYPES)}"
-            )
-        if any(d < 0 for d in tensor.shape):
-            raise BadTensorError(f"input {tensor.name!r}: negative dimension in {tensor.shape}")
-        count = math.prod(tensor.shape)
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size != count * dtype.itemsize:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise BadTensorError(
-                    f"input {tensor.name!r}: binary_data_size {size!r} is not "
-                    f"{count} x {dtype.itemsize} bytes for shape {tensor.shape}"
+                    f"input {tensor.name!r}: binary_data_size {size!r} is not a byte count"
                 )
             if offset + size > len(binary):
                 raise BadTensorError(f"input {tensor.name!r}: the body ends before its binary data")
-            values = np.frombuffer(binary, dtype, count, offset)
+            data = memoryview(binary)[offset : offset + size]
+            values = array_from_bytes(tensor.name, tensor.datatype, tensor.shape, data)
             offset += size
         elif tensor.data is not None:
-            values = _json_values(tensor, dtype, count)
+            values = _json_values(tensor)
         else:
             raise BadTensorError(f"input {tensor.name!r} has neither data nor binary_data_size")
-        arrays[tensor.name] = values.reshape(tensor.shape)
+        arrays[tensor.name] = values
     if offset != len(binary):
         raise BadTensorError(f"{len(binary) - offset} bytes of binary data belong to no input")
     return request, arrays
 
 
-def _json_values(tensor: RequestInput, dtype: np.dtype, count: int) -> np.ndarray:
-    try:
-        values = np.asarray(tensor.data, dtype=dtype).reshape(-1)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise BadTensorError(
-            f"input {tensor.name!r}: data is not {tensor.datatype}: {exc}"
-        ) from None
-    if values.size != count:
-        raise BadTensorError(
-            f"input {tensor.name!r}: {values.size} values for shape {tensor.shape} ({count})"
-        )
-    return values
-
-
-def model_inputs(
-    arrays: dict[str, np.ndarray], manifest: PackageManifest
-) -> tuple[np.ndarray, np.ndarray]:
-    """(clip, view_mask) checked against the manifest's input specs; an absent mask means all views."""
-    clip_spec, mask_spec = manifest.inputs
-    unknown = sorted(set(arrays) - {clip_spec.name, mask_spec.name})
-    if unknown:
-        raise BadTensorError(
-            f"unknown inputs {unknown}; this model takes {clip_spec.name!r}, {mask_spec.name!r}"
-        )
-    if clip_spec.name not in arrays:
-        raise BadTensorError(f"input {clip_spec.name!r} is required")
-    clip = _conform(arrays[clip_spec.name], clip_spec)
-    batch = clip.shape[0]
-    if batch == 0:
-        raise BadTensorError(f"input {clip_spec.name!r} has an empty batch")
-    low, high = manifest.frames_range
-    frames = clip.shape[clip_spec.shape.index("time")] if "time" in clip_spec.shape else None
-    if frames is not None and not low <= frames <= high:
-        raise BadTensorError(f"this model takes {low}..{high} frames, got {frames}")
-    if mask_spec.name in arrays:
-        mask = _conform(arrays[mask_spec.name], mask_spec)
-        if mask.shape[0] != batch:
-            raise BadTensorError(
-                f"{mask_spec.name!r} has batch {mask.shape[0]}, {clip_spec.name!r} {batch}"
-            )
-    else:
-        mask = np.ones((batch, len(manifest.view_names)), bool)
-    absent = ~mask.any(axis=1)
-    if absent.any():
-        raise BadTensorError(f"clips {np.flatnonzero(absent).tolist()} have every view masked out")
-    if not manifest.allows_missing_views and not mask.all():
-        raise BadTensorError(
-            "this model was not trained with view dropout: every view must be present"
-        )
-    return clip, mask
-
-
-def _conform(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    if array.dtype != np.dtype(spec.dtype):
-        raise BadTensorError(
-            f"input {spec.name!r} must be {_NAMES[np.dtype(spec.dtype)]}, got {_NAMES[array.dtype]}"
-        )
-    if array.ndim != len(spec.shape) or any(
-        isinstance(d, int) and d != n for d, n in zip(spec.shape, array.shape, strict=True)
-    ):
-        want = [d if isinstance(d, int) else -1 for d in spec.shape]
-        raise BadTensorError(f"input {spec.name!r} must have shape {want}, got {list(array.shape)}")
-    return np.ascontiguousarray(array)
+def _json_values(tensor: RequestInput) -> np.ndarray:
+    return array_from_values(tensor.name, tensor.datatype, tensor.shape, tensor.data or [])
 
 
 def wants_binary(request: InferRequest, name: str) -> bool:
@@ -226,17 +117,6 @@ def wants_binary(request: InferRequest, name: str) -> bool:
         if out.name == name and out.parameters and "binary_data" in out.parameters:
             return bool(out.parameters["binary_data"])
     return bool((request.parameters or {}).get("binary_data_output", False))
-
-
-def requested_outputs(request: InferRequest, available: list[str]) -> list[str]:
-    """The output names to answer with: those asked for, else all."""
-    if not request.outputs:
-        return available
-    names = [out.name for out in request.outputs]
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise BadTensorError(f"unknown outputs {unknown}; this model gives {available}")
-    return names
 
 
 def encode_infer_response(
@@ -264,6 +144,6 @@ def encode_infer_response(
 def response_outputs(arrays: dict[str, np.ndarray], names: list[str]) -> list[ResponseOutput]:
     """Output descriptors (data filled in by `encode_infer_response`)."""
     return [
-        ResponseOutput(name=n, datatype=_NAMES[arrays[n].dtype], shape=list(arrays[n].shape))
+        ResponseOutput(name=n, datatype=datatype_name(arrays[n].dtype), shape=list(arrays[n].shape))
         for n in names
     ]

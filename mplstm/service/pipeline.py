@@ -36,18 +36,21 @@ class Services:
 
 
 @contextmanager
-def counted(services: Services, model: str, route: str) -> Iterator[None]:
+def counted(services: Services, model: str, route: str, protocol: str = "http") -> Iterator[None]:
     """Count one request by outcome: "success", or the error code it ended with."""
     metrics = services.metrics
     # Only served names become label values: a client must not create series at will.
     model = model if services.repository.serves(model) else "_unknown"
+    start = time.perf_counter()
     try:
         yield
     except BaseException as exc:
         outcome = getattr(exc, "code", None) or type(exc).__name__
-        metrics.requests.labels(model, route, str(outcome)).inc()
+        metrics.requests.labels(model, route, str(outcome), protocol).inc()
+        if model != "_unknown":
+            metrics.statistics.request_failed(model, time.perf_counter() - start)
         raise
-    metrics.requests.labels(model, route, "success").inc()
+    metrics.requests.labels(model, route, "success", protocol).inc()
 
 
 @dataclass(frozen=True)
@@ -144,10 +147,18 @@ async def infer_tensors(
     *,
     metrics: ServiceMetrics,
     timeout_s: float,
+    protocol: str = "http",
+    level: int | None = None,
+    queue_timeout_s: float | None = None,
 ) -> BatchResult:
-    """Ready-made tensors (the v2 route) through the model's batcher."""
+    """Ready-made tensors (v2, REST or gRPC) through the model's batcher.
+
+    `level` and `queue_timeout_s` are the request's schedule policy (`DynamicBatcher.submit`).
+    """
     start = time.perf_counter()
-    result = await model.batcher.submit(clip, view_mask, timeout_s=timeout_s)
+    result = await model.batcher.submit(
+        clip, view_mask, timeout_s=timeout_s, level=level, queue_timeout_s=queue_timeout_s
+    )
     metrics.observe_stages(
         model.name,
         {
@@ -155,6 +166,7 @@ async def infer_tensors(
             "inference": result.inference_s,
             "total": time.perf_counter() - start,
         },
+        protocol,
     )
     return result
 

@@ -264,6 +264,7 @@ class ModelRepository:
             max_delay_s=self.settings.max_delay_ms / 1000,
             max_queue=self.settings.max_queue,
             metrics=self.metrics,
+            default_level=self.settings.default_priority_level,
         )
         batcher.start()
         return LoadedModel(name, package, backend, batcher, worker_queue)

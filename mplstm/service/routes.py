@@ -14,11 +14,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
-from mplstm import __version__
 from mplstm.service.auth import require_api_key
+from mplstm.service.dataplane import DataPlane, TensorRequest
 from mplstm.service.errors import (
     ApiError,
-    ModelNotFoundError,
     ModelNotReadyError,
     UnsupportedMediaTypeError,
 )
@@ -27,16 +26,12 @@ from mplstm.service.oip import (
     HEADER_LENGTH,
     InferRequest,
     InferResponse,
-    ModelMetadata,
     encode_infer_response,
-    model_inputs,
     parse_infer_request,
-    requested_outputs,
     response_outputs,
-    tensor_metadata,
     wants_binary,
 )
-from mplstm.service.pipeline import Services, counted, infer_tensors, predict_views
+from mplstm.service.pipeline import Services, counted, predict_views
 from mplstm.service.repository import LoadedModel
 from mplstm.service.schemas import (
     ErrorResponse,
@@ -49,6 +44,7 @@ from mplstm.service.schemas import (
     ServerMetadata,
     ViewSummary,
 )
+from mplstm.service.tensors import ModelMetadata
 from mplstm.service.uploads import read_upload
 
 
@@ -58,7 +54,13 @@ async def services(request: Request) -> Services:
     return request.app.state.services
 
 
+async def data_plane(request: Request) -> DataPlane:
+    """The protocol-neutral data plane that /v2 translates onto (gRPC does too)."""
+    return request.app.state.dataplane
+
+
 ServicesDep = Annotated[Services, Depends(services)]
+PlaneDep = Annotated[DataPlane, Depends(data_plane)]
 TopK = Annotated[int, Query(ge=1, le=10_000, description="How many labels to return")]
 
 
@@ -239,59 +241,38 @@ async def predict_default(
 
 
 @router.get("/v2", response_model=ServerMetadata, tags=["v2"])
-async def server_metadata() -> ServerMetadata:
+async def server_metadata(plane: PlaneDep) -> ServerMetadata:
     """Server name, version and protocol extensions."""
-    return ServerMetadata(
-        name="mplstm-serve",
-        version=__version__,
-        extensions=["binary_tensor_data", "model_repository"],
-    )
-
-
-def _model_at(svc: Services, name: str, version: str | None) -> LoadedModel:
-    model = svc.repository.get(name)
-    if version is not None and version != model.version:
-        raise ModelNotFoundError(f"model {name!r} serves version {model.version}, not {version!r}")
-    return model
-
-
-def _metadata(model: LoadedModel) -> ModelMetadata:
-    return ModelMetadata(
-        name=model.name,
-        versions=[model.version],
-        platform=f"{model.backend.name}_onnx",
-        inputs=[tensor_metadata(s) for s in model.manifest.inputs],
-        outputs=[tensor_metadata(s) for s in model.manifest.outputs],
-    )
+    return plane.server_metadata()
 
 
 @router.get("/v2/models/{name}", response_model=ModelMetadata, tags=["v2"])
-async def model_metadata(name: str, svc: ServicesDep) -> ModelMetadata:
+async def model_metadata(name: str, plane: PlaneDep) -> ModelMetadata:
     """Inputs and outputs of a model (v2 metadata)."""
-    return _metadata(_model_at(svc, name, None))
+    return plane.model_metadata(name)
 
 
 @router.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, tags=["v2"])
-async def model_version_metadata(name: str, version: str, svc: ServicesDep) -> ModelMetadata:
+async def model_version_metadata(name: str, version: str, plane: PlaneDep) -> ModelMetadata:
     """Inputs and outputs of one version of a model."""
-    return _metadata(_model_at(svc, name, version))
+    return plane.model_metadata(name, version)
 
 
 @router.get("/v2/models/{name}/ready", response_model=ModelReady, tags=["v2"])
-async def model_ready(name: str, svc: ServicesDep) -> ModelReady:
+async def model_ready(name: str, plane: PlaneDep) -> ModelReady:
     """200 when the model serves, 503 when it is known but not loaded, 404 when unknown."""
-    return ModelReady(name=_model_at(svc, name, None).name, ready=True)
+    return ModelReady(name=plane.model(name).name, ready=True)
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready", response_model=ModelReady, tags=["v2"])
-async def model_version_ready(name: str, version: str, svc: ServicesDep) -> ModelReady:
+async def model_version_ready(name: str, version: str, plane: PlaneDep) -> ModelReady:
     """Readiness of one version."""
-    return ModelReady(name=_model_at(svc, name, version).name, ready=True)
+    return ModelReady(name=plane.model(name, version).name, ready=True)
 
 
-async def _infer(request: Request, name: str, version: str | None, svc: Services) -> Response:
-    with counted(svc, name, "v2_infer"):
-        model = _model_at(svc, name, version)
+async def _infer(request: Request, name: str, version: str | None, plane: DataPlane) -> Response:
+    with plane.counted(name, "http"):
+        plane.model(name, version)  # an unknown model is refused before its body is read
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
             raise UnsupportedMediaTypeError(
@@ -299,29 +280,34 @@ async def _infer(request: Request, name: str, version: str | None, svc: Services
             )
         body = await request.body()
         infer_request, arrays = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-        clip, mask = model_inputs(arrays, model.manifest)
-        result = await infer_tensors(
-            model, clip, mask, metrics=svc.metrics, timeout_s=svc.settings.request_timeout_s
+        result = await plane.infer(
+            TensorRequest(
+                name,
+                arrays,
+                version=version,
+                id=infer_request.id,
+                outputs=[out.name for out in infer_request.outputs or ()],
+                parameters=infer_request.parameters or {},
+            ),
+            protocol="http",
         )
-        outputs = {"logits": result.logits, "probabilities": result.probabilities}
-        names = requested_outputs(infer_request, list(outputs))
         response = InferResponse(
-            model_name=model.name,
-            model_version=model.version,
-            id=infer_request.id,
-            outputs=response_outputs(outputs, names),
+            model_name=result.model,
+            model_version=result.version,
+            id=result.id,
+            outputs=response_outputs(result.outputs, list(result.outputs)),
         )
-        binary = {n for n in names if wants_binary(infer_request, n)}
-        content, headers = encode_infer_response(response, outputs, binary)
+        binary = {n for n in result.outputs if wants_binary(infer_request, n)}
+        content, headers = encode_infer_response(response, result.outputs, binary)
         return Response(content, headers=headers)
 
 
 @router.post(
     "/v2/models/{name}/infer", tags=["v2"], response_model=InferResponse, openapi_extra=_INFER_BODY
 )
-async def infer(name: str, request: Request, svc: ServicesDep) -> Response:
+async def infer(name: str, request: Request, plane: PlaneDep) -> Response:
     """Tensors in, logits and probabilities out (JSON or binary tensors)."""
-    return await _infer(request, name, None, svc)
+    return await _infer(request, name, None, plane)
 
 
 @router.post(
@@ -330,30 +316,30 @@ async def infer(name: str, request: Request, svc: ServicesDep) -> Response:
     response_model=InferResponse,
     openapi_extra=_INFER_BODY,
 )
-async def infer_version(name: str, version: str, request: Request, svc: ServicesDep) -> Response:
+async def infer_version(name: str, version: str, request: Request, plane: PlaneDep) -> Response:
     """Inference on one version of a model."""
-    return await _infer(request, name, version, svc)
+    return await _infer(request, name, version, plane)
 
 
 @router.post("/v2/repository/index", response_model=list[RepositoryEntry], tags=["repository"])
-async def repository_index(svc: ServicesDep) -> list[RepositoryEntry]:
+async def repository_index(plane: PlaneDep) -> list[RepositoryEntry]:
     """Every model in the repository and its state."""
-    return [RepositoryEntry(**vars(s)) for s in svc.repository.states()]
+    return [RepositoryEntry(**vars(s)) for s in plane.repository_index()]
 
 
 @router.post(
     "/v2/repository/models/{name}/load", response_model=RepositoryEntry, tags=["repository"]
 )
-async def load_model(name: str, svc: ServicesDep) -> RepositoryEntry:
+async def load_model(name: str, plane: PlaneDep) -> RepositoryEntry:
     """(Re)load the newest version of a model; if that fails, the serving version keeps serving."""
-    model = await svc.repository.load(name)
+    model = await plane.load(name)
     return RepositoryEntry(name=model.name, version=model.version, state="READY")
 
 
 @router.post(
     "/v2/repository/models/{name}/unload", response_model=RepositoryEntry, tags=["repository"]
 )
-async def unload_model(name: str, svc: ServicesDep) -> RepositoryEntry:
+async def unload_model(name: str, plane: PlaneDep) -> RepositoryEntry:
     """Stop serving a model once its queued requests are answered."""
-    await svc.repository.unload(name)
+    await plane.unload(name)
     return RepositoryEntry(name=name, state="UNLOADED")

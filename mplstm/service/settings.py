@@ -68,6 +68,12 @@ class Settings(InferenceSettings):
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # The Open Inference Protocol over gRPC on the same host (Triton's 8001); 0: off.
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    # Schedule-policy priority levels of every batcher (Triton's priority_levels): a
+    # request's `priority` 1 is served first, `priority_levels` last, 0 = the default.
+    priority_levels: int = Field(3, ge=1, le=16)
+    default_priority_level: int = Field(2, ge=1, le=16)
     # Uvicorn processes; each loads every model, so memory grows with it.
     workers: int = Field(1, gt=0, le=64)
     # On SIGTERM: stop accepting, then wait this long for in-flight requests.
@@ -97,6 +103,11 @@ class Settings(InferenceSettings):
     def check(self) -> None:
         super().check()
         self.load_api_keys()
+        if self.default_priority_level > self.priority_levels:
+            raise SettingsError(
+                f"{ENV_PREFIX}DEFAULT_PRIORITY_LEVEL {self.default_priority_level} is above "
+                f"{ENV_PREFIX}PRIORITY_LEVELS {self.priority_levels}"
+            )
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -161,7 +161,7 @@ class WorkerQueue:
             if not self._pending:
                 self._idle.set()
         scored.raise_error()
-        self._metrics.batch_size.labels(self.model).observe(1)
+        self._metrics.observe_batch(self.model, 1, scored.inference_s)
         return scored
 
     async def stop(self) -> None:

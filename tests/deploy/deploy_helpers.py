@@ -79,7 +79,7 @@ def metric_sample_names() -> frozenset[str]:
     from mplstm.service.metrics import ServiceMetrics
 
     metrics = ServiceMetrics()
-    metrics.requests.labels("m", "/v1/predict", "success").inc()
+    metrics.requests.labels("m", "/v1/predict", "success", "http").inc()
     metrics.observe_stages("m", {"decode": 0.01, "total": 0.02})
     metrics.batch_size.labels("m").observe(4)
     metrics.queue_depth.labels("m").set(1)

@@ -101,6 +101,18 @@ def test_score_service_reads_a_manifest_and_package_the_image_holds() -> None:
     resolve_package(in_image(str(score.model)))
 
 
+def test_api_services_publish_the_http_and_grpc_ports_they_serve_on() -> None:
+    services = compose_file()["services"]
+    environment = compose_file()["x-service-environment"]
+    grpc_port = int(environment["MPLSTM_GRPC_PORT"])
+    for name in ("api", "api-cpu"):
+        container_ports = {int(p.split(":")[1]) for p in services[name]["ports"]}
+        assert container_ports == {8000, grpc_port}, name
+    # Two services, one host: each host port once.
+    host_ports = [p.split(":")[0] for n in ("api", "api-cpu") for p in services[n]["ports"]]
+    assert len(host_ports) == len(set(host_ports))
+
+
 def test_environment_names_are_settings_fields() -> None:
     for name, service in compose_file()["services"].items():
         for variable in service.get("environment", {}):
@@ -164,6 +176,9 @@ def test_dashboard_queries_only_metrics_the_service_exports() -> None:
         "nv_inference_pending_request_count",
     ):
         assert any(re.fullmatch(rf"{family}(_total|_bucket|_sum|_count)?", n) for n in used)
+    # HTTP and gRPC apart: request rate and latency by the protocol label.
+    exprs = [expr for exprs in dashboard_queries().values() for expr in exprs]
+    assert sum("by (protocol" in e or "by (le, protocol)" in e for e in exprs) >= 2
 
 
 def test_dashboard_shows_gpu_memory_from_the_dcgm_exporter_prometheus_scrapes() -> None:

@@ -97,6 +97,20 @@ def test_entrypoint_and_cmd_are_a_real_serve_command_on_the_baked_models(
     assert ({}, ["models/", "/models/"]) in copies, "the demo models are not baked in at /models"
 
 
+def test_serving_stages_expose_the_http_and_grpc_ports_they_serve_on(
+    dockerfile: Dockerfile,
+) -> None:
+    for stage in serving_stages(dockerfile):
+        chain = stage_chain(dockerfile, stage)
+        env = " ".join(i.text for s in chain for i in s.instructions if i.keyword == "ENV")
+        ports = dict(re.findall(r"MPLSTM_(PORT|GRPC_PORT)=(\d+)", env))
+        exposed = dockerfile.effective(stage, "EXPOSE")
+        assert exposed is not None and set(exposed.text.split()) == {
+            ports["PORT"],
+            ports["GRPC_PORT"],
+        }
+
+
 def test_every_mplstm_command_in_a_run_step_parses(dockerfile: Dockerfile) -> None:
     found = []
     for stage in dockerfile.stages:

@@ -116,11 +116,17 @@ def test_probes_hit_routes_the_app_serves_with_a_startup_budget(
 ) -> None:
     container = server_container(serving)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for kind in ("startupProbe", "livenessProbe"):
         probe = container[kind]["httpGet"]
         assert probe["path"] in served_get_paths(), f"{kind} {probe['path']} is not served"
         assert probe["port"] in ports
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Readiness asks the gRPC health service (SERVING once every model is ready) on the
+    # port MPLSTM_GRPC_PORT opens; a grpc probe takes a port number, not a name.
+    readiness = container["readinessProbe"]
+    assert set(readiness) & {"httpGet", "grpc", "exec", "tcpSocket"} == {"grpc"}
+    (config,) = of_kind(serving, "ConfigMap")
+    assert readiness["grpc"]["port"] == ports["grpc"] == int(config["data"]["MPLSTM_GRPC_PORT"])
+    assert readiness["grpc"].get("service", "") in ("", "inference.GRPCInferenceService")
     startup = container["startupProbe"]
     # Model load and warm-up come before the port opens: minutes, not seconds.
     assert startup["failureThreshold"] * startup["periodSeconds"] >= 300
@@ -202,8 +208,12 @@ def test_service_pdb_and_network_policy_select_the_server_pods(
     assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels)
     assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
     container_ports = {p["name"] for p in server_container(serving)["ports"]}
-    assert service["spec"]["ports"][0]["targetPort"] in container_ports
-    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == ["http"]
+    targets = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
+    assert targets == {"http": "http", "grpc": "grpc"} and set(targets.values()) <= container_ports
+    (grpc_port,) = (p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    # Meshes and L7 load balancers balance gRPC per call only when told it is gRPC.
+    assert grpc_port["appProtocol"] == "grpc"
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == ["http", "grpc"]
 
 
 def test_servicemonitor_scrapes_the_metrics_route_of_the_service(

@@ -64,3 +64,12 @@ def test_settings_build_the_backend_options_the_scorer_builds_from_its_flags() -
         backend="onnxruntime", device="cpu", intra_op_threads=3, ort_providers=" A, B ,"
     )
     assert settings.backend_options() == BackendOptions("onnxruntime", "cpu", 3, ("A", "B"))
+
+
+def test_a_default_priority_level_beyond_the_levels_is_refused_naming_both_variables() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(priority_levels=2, default_priority_level=3)
+    assert "MPLSTM_DEFAULT_PRIORITY_LEVEL" in str(caught.value)
+    assert "MPLSTM_PRIORITY_LEVELS" in str(caught.value)
+    with pytest.raises(SettingsError, match="MPLSTM_GRPC_PORT"):
+        load_settings(grpc_port=70000)
