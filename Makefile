@@ -82,7 +82,8 @@ gpu-check:
 # The embedded demo packages, rebuilt from synthetic data with fixed seeds and epochs
 # (a few minutes each on 2 quiet cores). Each package records the accuracy of its exported
 # ONNX model on its example clips (models/examples/TASK: unseen speakers for lip reading,
-# unseen recordings of the training speakers for identity), which a test re-measures.
+# unseen recordings of the training speakers for identity), which a test re-measures, with
+# all views and with every subset of them (the service's expected_accuracy).
 DEMO_DATA := data/demo-models
 # The configs' defaults (no augmentation nor regularisation; docs/results.md) at a demo size,
 # view dropout as the committed packages were trained: off, or on from the first step.
