@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from mplstm.core.camera_checks import REASONS
+
 STAGES = ("decode", "queue", "inference", "total")
 # Seconds: from a fraction of a millisecond (a cached tiny batch) to a slow 30 s request.
 _LATENCY_BUCKETS = (
@@ -58,11 +60,31 @@ class ServiceMetrics:
         self.models_loaded = Gauge(
             "nv_models_loaded", "Models loaded and serving.", registry=self.registry
         )
+        self.camera_checked_clips = Counter(
+            "mplstm_camera_checked_clips",
+            "Video clips whose cameras were checked (the denominator of view drops).",
+            ("model",),
+            registry=self.registry,
+        )
+        self.views_dropped = Counter(
+            "mplstm_view_dropped",
+            "Views that failed a camera check, by camera and reason: masked, or refused "
+            "(camera_failed) where the model needs every view.",
+            ("model", "view", "reason"),
+            registry=self.registry,
+        )
 
     def observe_stages(self, model: str, seconds: dict[str, float]) -> None:
         """Record one request's per-stage times (seconds)."""
         for stage, value in seconds.items():
             self.stage_seconds.labels(model, stage).observe(value)
+
+    def watch_cameras(self, model: str, views: tuple[str, ...]) -> None:
+        """Every camera's drop counters at zero, so that rates exist before a first drop."""
+        self.camera_checked_clips.labels(model)
+        for view in views:
+            for reason in REASONS:
+                self.views_dropped.labels(model, view, reason)
 
     def render(self) -> bytes:
         """The text exposition format for `GET /metrics`."""
