@@ -13,6 +13,7 @@ import torch
 from mplstm.cli import main
 from mplstm.core.preprocess import PreprocessConfig
 from mplstm.core.synth import SynthConfig, generate
+from mplstm.core.view_subsets import view_subsets
 from mplstm.training.checkpoint import (
     CheckpointMeta,
     load_model,
@@ -20,7 +21,6 @@ from mplstm.training.checkpoint import (
     save_checkpoint,
 )
 from mplstm.training.data import ClipDataset, collate, decode_record, make_loader, read_data_spec
-from mplstm.core.view_subsets import view_subsets
 from mplstm.training.evaluate import accuracy, build_report, predict, top_k_accuracy
 from mplstm.training.models import get_model
 
