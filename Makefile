@@ -35,13 +35,17 @@ run: venv
 	$(BIN)/mplstm serve --models models --host 127.0.0.1 --port 8000
 
 # Tools the deployment tests call: Debian's docker-compose (to validate
-# docker-compose.yml) and kubectl's built-in kustomize (to render k8s/). Missing ones
+# docker-compose.yml), kubectl's built-in kustomize (to render k8s/) and promtool, from
+# Debian's prometheus (to check and unit-test deploy/prometheus-rules.yml). Missing ones
 # make those tests skip, saying so.
 deploy-tools:
 	@command -v docker-compose >/dev/null || apt-get install -y -q docker-compose >/dev/null \
 		|| sudo apt-get install -y -q docker-compose >/dev/null \
 		|| echo "docker-compose could not be installed: tests/deploy compose checks will skip"
 	@command -v kubectl >/dev/null || echo "kubectl not found: tests/deploy kustomize checks will skip"
+	@command -v promtool >/dev/null || apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+		|| sudo apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+		|| echo "promtool could not be installed: tests/deploy alert-rule checks will skip"
 
 lint: venv
 	$(BIN)/ruff check .
