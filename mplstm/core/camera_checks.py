@@ -16,6 +16,7 @@ frames larger than 64 pixels a side, so that the checks cost a few percent of de
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,8 +78,8 @@ class ViewFailure:
     detail: str
 
     def describe(self) -> str:
-        """'view 'front' is black (mean level 3/255, ...)' for error messages and logs."""
-        return f"view {self.view!r} is {self.reason.replace('_', ' ')} ({self.detail})"
+        """The failure as error messages and logs name it: view 'front': black (...)."""
+        return f"view {self.view!r}: {self.reason} ({self.detail})"
 
 
 def view_stats(
@@ -172,6 +173,20 @@ class _Measured:
         cov = np.einsum("nij,nij->n", self.centred[a], self.centred[b]) / size
         step = np.square(self.mean[a] - self.mean[b])
         return float(np.sqrt(np.maximum(self.var[a] + self.var[b] - 2 * cov + step, 0).mean()))
+
+
+def view_differences(frames: np.ndarray, view_mask: np.ndarray) -> np.ndarray:
+    """RMS difference between every two present views' frames [V, V] (NaN where absent):
+    the statistic of the duplicate check, frame by frame at the same sample times."""
+    measured = _Measured(frames, None)
+    views = len(view_mask)
+    out = np.full((views, views), np.nan)
+    present = [v for v in range(views) if view_mask[v]]
+    for a, b in itertools.combinations(present, 2):
+        out[a, b] = out[b, a] = measured.difference(a, b)
+    for v in present:
+        out[v, v] = 0.0
+    return out
 
 
 def check_views(

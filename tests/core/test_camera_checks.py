@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mplstm.core.camera_checks import REASONS, check_views, view_stats
+from mplstm.core.camera_checks import (
+    DEFAULT_THRESHOLDS,
+    REASONS,
+    check_views,
+    view_differences,
+    view_stats,
+)
 from mplstm.core.decode import decode_view
 from mplstm.core.errors import CameraFailedError
 from mplstm.core.manifest import ClipRecord, read_manifest
@@ -21,6 +27,7 @@ from mplstm.core.synth import SynthConfig, generate, plan_clips, render_clip
 from mplstm.core.synth.camera_failures import (
     EXPECTED_REASON,
     FAILURE_KINDS,
+    MEASURED_SETS,
     expected_failures,
     write_failed_clip,
 )
@@ -28,16 +35,6 @@ from mplstm.core.video_writer import write_video
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = ("lipreading", "identity")
-# The synthetic sets the test suite trains, scores and serves on (tests/training,
-# tests/scoring, tests/inference, tests/core), with five views in place of three.
-TEST_SETS = {
-    "train-cli": SynthConfig(task="lipreading", speakers=3, words=3, clips_per_pair=2,
-                             size=(32, 32), seed=2),
-    "distributed": SynthConfig(task="identity", speakers=2, words=4, clips_per_pair=2,
-                               size=(32, 32), seed=5),
-    "scoring": SynthConfig(task="lipreading", speakers=2, words=4, clips_per_pair=2,
-                           size=(32, 32), split="test"),
-}  # fmt: skip
 # What models of the suite and the demo packages ask for: T, H = W, channels.
 SHAPES = {"train-cli": (6, 24, 1), "tiny": (8, 32, 1), "demo": (16, 64, 1), "rgb": (8, 32, 3)}
 FAILING = SynthConfig(task="lipreading", speakers=1, words=5, clips_per_pair=3, size=(32, 32))
@@ -62,7 +59,7 @@ def _flagged(records: list[ClipRecord], config: PreprocessConfig) -> dict[str, l
 @pytest.fixture(scope="module")
 def test_sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[ClipRecord]]:
     out = {}
-    for name, config in TEST_SETS.items():
+    for name, config in MEASURED_SETS.items():
         folder = tmp_path_factory.mktemp(name)
         out[name] = generate(config, folder, workers=1, progress=False)
     return out
@@ -134,7 +131,7 @@ def test_a_failed_camera_is_refused_by_name_where_the_model_needs_every_view(
     error = caught.value
     assert error.code == "camera_failed" and error.http_status == 422
     assert error.view == view and [(f.view, f.reason) for f in error.failures] == [(view, "frozen")]
-    assert f"view {view!r} is frozen" in str(error) and "needs every view" in str(error)
+    assert f"view {view!r}: frozen" in str(error) and "needs every view" in str(error)
     # Raised in a decode worker, it reaches the parent whole.
     again = pickle.loads(pickle.dumps(error))
     assert (type(again), str(again), again.view, again.failures) == (
@@ -226,3 +223,24 @@ def test_dropped_views_survive_the_npz_round_trip(
     again = type(clip).load_npz(clip.save_npz(tmp_path / "clip.npz"))
     assert again.views_dropped == clip.views_dropped
     np.testing.assert_array_equal(again.view_mask, clip.view_mask)
+
+
+def test_view_differences_are_zero_for_one_stream_on_two_inputs_and_nan_for_absent_views(
+    failing: list[tuple[ClipRecord, dict[str, str]]],
+) -> None:
+    record, case = next((r, c) for r, c in failing if list(c.values()) == ["duplicate"])
+    (copy,) = case
+    earlier = VIEWS[: VIEWS.index(copy)]
+    # The camera it copies (camera_failures.fail_views): the nearest earlier one, else the first.
+    source = earlier[-1] if earlier else next(v for v in VIEWS if v != copy)
+    absent = next(v for v in VIEWS if v not in (copy, source))
+    views = {**record.views, absent: None}
+    clip = load_clip(views, _config(SHAPES["tiny"], camera_checks=False))
+    differences = view_differences(clip.frames, clip.view_mask)
+    a, b = VIEWS.index(copy), VIEWS.index(source)
+    assert differences[a, b] == differences[b, a] == 0.0
+    others = [
+        differences[a, v] for v, name in enumerate(VIEWS) if name not in (copy, source, absent)
+    ]
+    assert min(others) > DEFAULT_THRESHOLDS.duplicate_difference
+    assert np.isnan(differences[VIEWS.index(absent)]).all()

@@ -37,6 +37,20 @@ EXPECTED_REASON: dict[str, str] = {
     "test_pattern": "no_signal",
     "duplicate": "duplicate",
 }
+# Good clips the camera-check thresholds are measured on and held to (bench/camera_checks.py,
+# tests/core/test_camera_checks.py), besides models/examples: the synthetic sets the test
+# suite trains, scores and serves on (tests/training, tests/scoring), with five views.
+MEASURED_SETS: dict[str, SynthConfig] = {
+    "train-cli": SynthConfig(
+        task="lipreading", speakers=3, words=3, clips_per_pair=2, size=(32, 32), seed=2
+    ),
+    "distributed": SynthConfig(
+        task="identity", speakers=2, words=4, clips_per_pair=2, size=(32, 32), seed=5
+    ),
+    "scoring": SynthConfig(
+        task="lipreading", speakers=2, words=4, clips_per_pair=2, size=(32, 32), split="test"
+    ),
+}
 # SMPTE colour bars (75%): white, yellow, cyan, green, magenta, red, blue.
 _BARS = np.array(
     [

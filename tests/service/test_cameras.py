@@ -143,7 +143,7 @@ def test_a_failed_camera_is_refused_with_422_camera_failed_where_every_view_is_n
     assert r.status_code == 422, r.text
     body = r.json()
     assert body["error"] == "camera_failed"
-    assert f"view {VIEWS[1]!r} is frozen" in body["detail"]
+    assert f"view {VIEWS[1]!r}: frozen" in body["detail"]
     assert [(d["view"], d["reason"]) for d in body["views_failed"]] == [(VIEWS[1], "frozen")]
 
 

@@ -100,7 +100,7 @@ def test_a_model_that_needs_every_view_gets_camera_failed_rows_naming_the_camera
             continue
         assert (row.status, row.error_code) == ("error", "camera_failed")
         assert {view: reason for view, reason, _ in row.views_dropped} == failures
-        assert all(f"view {view!r} is" in row.error for view in failures)
+        assert all(f"view {view!r}: {reason}" in row.error for view, reason in failures.items())
     summary = _summary(out)
     assert summary["errors_by_code"] == {"camera_failed": len(FAILURE_KINDS) + 1}
     assert sum(n for reasons in summary["views_dropped"].values() for n in reasons.values()) == (
