@@ -69,6 +69,7 @@ $(TRITON_VENV)/.installed:
 # own section of docs/benchmarks.md. Run on a quiet machine.
 bench: venv $(TRITON_VENV)/.installed
 	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/camera_checks.py
 	$(BIN)/python -m bench.cell
 	$(BIN)/python bench/onnx_cell.py
 	$(BIN)/python bench/model.py
