@@ -10,8 +10,9 @@ threshold (`CameraThresholds`) set from measurement: ``bench/camera_checks.py`` 
 every statistic on the example clips, on synthetic test sets and on generated failures
 (`mplstm.core.synth.camera_failures`), and docs/benchmarks.md records the margins.
 
-The statistics are computed on grey levels (0-255; RGB averaged), every other pixel on
-frames larger than 64 pixels a side, so that the checks cost a few percent of decoding.
+The statistics are computed on grey levels (0-255; RGB averaged), on frames subsampled
+to about 32 pixels a side, so that the checks cost little next to decoding (their share
+of `load_clip`'s time is in docs/benchmarks.md).
 """
 
 from __future__ import annotations
