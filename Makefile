@@ -35,13 +35,17 @@ run: venv
 	$(BIN)/mplstm serve --models models --host 127.0.0.1 --port 8000
 
 # Tools the deployment tests call: Debian's docker-compose (to validate
-# docker-compose.yml) and kubectl's built-in kustomize (to render k8s/). Missing ones
+# docker-compose.yml), kubectl's built-in kustomize (to render k8s/) and promtool, from
+# Debian's prometheus (to check and unit-test deploy/prometheus-rules.yml). Missing ones
 # make those tests skip, saying so.
 deploy-tools:
 	@command -v docker-compose >/dev/null || apt-get install -y -q docker-compose >/dev/null \
 		|| sudo apt-get install -y -q docker-compose >/dev/null \
 		|| echo "docker-compose could not be installed: tests/deploy compose checks will skip"
 	@command -v kubectl >/dev/null || echo "kubectl not found: tests/deploy kustomize checks will skip"
+	@command -v promtool >/dev/null || apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+		|| sudo apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+		|| echo "promtool could not be installed: tests/deploy alert-rule checks will skip"
 
 lint: venv
 	$(BIN)/ruff check .
@@ -65,6 +69,7 @@ $(TRITON_VENV)/.installed:
 # own section of docs/benchmarks.md. Run on a quiet machine.
 bench: venv $(TRITON_VENV)/.installed
 	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/camera_checks.py
 	$(BIN)/python -m bench.cell
 	$(BIN)/python bench/onnx_cell.py
 	$(BIN)/python bench/model.py
@@ -82,7 +87,8 @@ gpu-check:
 # The embedded demo packages, rebuilt from synthetic data with fixed seeds and epochs
 # (a few minutes each on 2 quiet cores). Each package records the accuracy of its exported
 # ONNX model on its example clips (models/examples/TASK: unseen speakers for lip reading,
-# unseen recordings of the training speakers for identity), which a test re-measures.
+# unseen recordings of the training speakers for identity), which a test re-measures, with
+# all views and with every subset of them (the service's expected_accuracy).
 DEMO_DATA := data/demo-models
 # The configs' defaults (no augmentation nor regularisation; docs/results.md) at a demo size,
 # view dropout as the committed packages were trained: off, or on from the first step.

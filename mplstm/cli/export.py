@@ -14,8 +14,12 @@ out; every MP-LSTM layer one mplstm::MPLSTM node with a portable function body),
 manifest.json (labels, views, preprocessing, I/O, parity, sha256 of every file) and a
 Triton config.pbtxt. The export is checked against PyTorch on other batch sizes and
 lengths, with masked views; no package is written when they disagree. --tensorrt also
-builds a TensorRT engine (GPU host with TensorRT). With --check PACKAGE: verify the
-hashes and compare the runtimes present (ONNX Runtime, fp16, TensorRT) in a table."""
+builds a TensorRT engine (GPU host with TensorRT). With --eval-data, the exported model
+is scored on held-out clips with all views and with every subset of them (the table the
+service answers `expected_accuracy` from). With --check PACKAGE: verify the hashes and
+compare the runtimes present (ONNX Runtime, fp16, TensorRT) in a table. With
+--view-accuracy PACKAGE --eval-data MANIFEST: add the view-subset table to a package
+exported without it (its model.onnx on ONNX Runtime, CPU)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", type=Path, nargs="?", metavar="CHECKPOINT")
     parser.add_argument("--out", type=Path, metavar="DIR", help="package folder models/NAME/VER")
     parser.add_argument("--check", type=Path, metavar="PACKAGE", help="check a package instead")
+    parser.add_argument(
+        "--view-accuracy",
+        type=Path,
+        metavar="PACKAGE",
+        help="measure a package's accuracy on every view subset of --eval-data into its manifest",
+    )
     parser.add_argument("--name", help="model name (default: the parent folder of --out)")
     parser.add_argument("--version", dest="model_version", help="default: the --out folder name")
     parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx")
@@ -66,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         rows = check_package(args.check)
         print(format_table(rows))
         return 1 if any(r.status == "FAILED" for r in rows) else 0
+    if args.view_accuracy:
+        return _add_view_accuracy(args)
     if args.checkpoint is None or args.out is None:
         raise CommandError("give CHECKPOINT and --out DIR (or --check PACKAGE)")
     if args.max_batch < 1:
@@ -116,4 +128,34 @@ def run(args: argparse.Namespace) -> int:
         ManifestError,
     ) as exc:
         raise CommandError(str(exc)) from exc
+    return 0
+
+
+def _add_view_accuracy(args: argparse.Namespace) -> int:
+    """`--view-accuracy PACKAGE --eval-data MANIFEST`: the table into an existing package."""
+    from mplstm.cli import CommandError
+    from mplstm.core.errors import ClipError
+    from mplstm.core.manifest import ManifestError
+    from mplstm.core.package import PackageError
+    from mplstm.inference.view_accuracy import add_view_accuracy
+
+    if args.eval_data is None:
+        raise CommandError("--view-accuracy PACKAGE needs --eval-data MANIFEST (held-out clips)")
+    try:
+        package = add_view_accuracy(
+            args.view_accuracy, args.eval_data, args.eval_split, progress=True
+        )
+    except (PackageError, ManifestError, ClipError) as exc:
+        raise CommandError(str(exc)) from exc
+    table = package.manifest.view_accuracy
+    assert table is not None
+    print(f"{package.path}: accuracy of {len(table.subsets)} view subsets on {table.clips} clips")
+    print(f"  of {table.data} ({table.split}), with {table.runtime}")
+    for count in range(1, len(package.manifest.view_names) + 1):
+        rows = [s for s in table.subsets if len(s.views) == count]
+        worst = min(rows, key=lambda s: s.accuracy)
+        print(
+            f"  {count} view(s): mean {sum(s.accuracy for s in rows) / len(rows):.1%}, "
+            f"worst {worst.accuracy:.1%} ({', '.join(worst.views)})"
+        )
     return 0

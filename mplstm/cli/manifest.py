@@ -63,6 +63,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Validate a manifest the way training and scoring will read it.",
     )
     check.add_argument("manifest", type=Path, metavar="MANIFEST", help=".jsonl or .csv")
+    cameras = check.add_argument_group(
+        "camera checks",
+        "decode every clip as training will (camera checks on) and report each camera that "
+        "fails one (black, blank, frozen, no_signal, duplicate); exit 1 if any does",
+    )
+    cameras.add_argument("--cameras", action="store_true", help="check every clip's cameras")
+    cameras.add_argument("--frames", type=int, default=20, help="T sampled frames (default 20)")
+    cameras.add_argument(
+        "--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="default 64 64"
+    )
+    cameras.add_argument("--rgb", action="store_true", help="3 channels (default gray)")
+    cameras.add_argument("--workers", type=int, default=2, help="decode processes (default 2)")
+    cameras.add_argument("--no-progress", action="store_true", help="no progress bar")
     check.set_defaults(func=run)
 
 
@@ -78,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "check":
             records = read_manifest(args.manifest)
             verb = "read"
+            if args.cameras:
+                return _check_cameras(args, records)
         else:
             given = {
                 f"s{s.lstrip('sS')}": split
@@ -104,3 +119,38 @@ def run(args: argparse.Namespace) -> int:
         f"splits {dict(sorted(splits.items()))}"
     )
     return 0
+
+
+def _check_cameras(args: argparse.Namespace, records: list) -> int:
+    """`manifest check --cameras`: every clip decoded with the camera checks, failures listed."""
+    from tqdm import tqdm
+
+    from mplstm.cli import CommandError
+    from mplstm.core.camera_survey import collect, survey_cameras
+    from mplstm.core.preprocess import PreprocessConfig
+
+    if args.frames < 1 or min(args.size) < 1 or args.workers < 0:
+        raise CommandError("--frames and --size must be >= 1, --workers >= 0")
+    config = PreprocessConfig(
+        frames=args.frames, height=args.size[0], width=args.size[1], channels=3 if args.rgb else 1
+    )
+    results = survey_cameras(records, config, args.workers)
+    bar = tqdm(results, total=len(records), unit="clip", disable=args.no_progress)
+    survey = collect(iter(bar))
+    print(
+        f"{survey.clips} clips checked: {len(survey.failed)} with a failed camera, "
+        f"{len(survey.unreadable)} unreadable"
+    )
+    for view, reasons in survey.by_camera().items():
+        print(f"  {view}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())))
+    shown = list(survey.failed.items())[:_SHOWN]
+    for clip_id, failures in shown:
+        print(f"  {clip_id}: " + "; ".join(f.describe() for f in failures))
+    if len(survey.failed) > len(shown):
+        print(f"  ... and {len(survey.failed) - len(shown)} more clips")
+    for clip_id, error in list(survey.unreadable.items())[:_SHOWN]:
+        print(f"  {clip_id}: {error}")
+    return 1 if survey.failed or survey.unreadable else 0
+
+
+_SHOWN = 10  # clips listed per kind of problem

@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=5, help="labels to show (default 5)")
     parser.add_argument("--json", action="store_true", help="print the service's JSON answer")
     parser.add_argument(
+        "--no-camera-checks",
+        action="store_true",
+        help="ask the service not to check the cameras of this clip (?camera_checks=off)",
+    )
+    parser.add_argument(
         "--api-key", default=os.environ.get("MPLSTM_API_KEY"), help="API key (or MPLSTM_API_KEY)"
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
@@ -62,6 +67,10 @@ def format_table(answer: dict) -> str:
         f"{t['total']:.1f} ms (decode {t['decode']:.1f}, queue {t['queue']:.1f}, "
         f"inference {t['inference']:.1f})"
     )
+    for dropped in answer.get("views_dropped") or []:
+        lines.append(f"dropped {dropped['view']}: {dropped['reason']} ({dropped['detail']})")
+    if answer.get("expected_accuracy") is not None:
+        lines.append(f"expected accuracy on these views: {answer['expected_accuracy']:.1%}")
     return "\n".join(lines)
 
 
@@ -80,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             api_key=args.api_key,
             timeout_s=args.timeout,
+            camera_checks=False if args.no_camera_checks else None,
         )
     except ServiceError as exc:
         raise CommandError(str(exc)) from None

@@ -91,6 +91,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the backend is on the CPU; default)",
     )
     parser.add_argument(
+        "--camera-checks",
+        choices=("on", "off"),
+        help="check every camera (black, blank, frozen, no signal, duplicate), mask a failed "
+        "one and record it in views_dropped (default: MPLSTM_CAMERA_CHECKS, on)",
+    )
+    parser.add_argument(
         "--allow-clip-errors",
         action="store_true",
         help="exit 0 even when some clips have error rows (for Job runners that retry on 1)",
@@ -162,6 +168,7 @@ def _score(args: argparse.Namespace, hooks: ScoringHooks | None) -> int:
         threads=args.threads,
         inference=Placement(args.inference),
         progress=not args.no_progress,
+        camera_checks=None if args.camera_checks is None else args.camera_checks == "on",
     )
     try:
         result = run_scoring(options, hooks or NO_HOOKS)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mplstm.core.camera_checks import ViewFailure
+
 
 @dataclass(frozen=True)
 class ViewInfo:
@@ -34,6 +36,8 @@ class Clip:
     view_names: tuple[str, ...]
     views: tuple[ViewInfo, ...]
     timestamps: np.ndarray  # float64 [T]: sample times, seconds from each view's own start
+    # Views that failed their camera check and were masked (their frames zeroed), in order.
+    views_dropped: tuple[ViewFailure, ...] = ()
 
     def save_npz(self, path: str | Path, **extra: np.ndarray) -> Path:
         """Write the clip (arrays, names, per-view info, and any `extra` arrays) to a .npz."""
@@ -50,6 +54,9 @@ class Clip:
                 view_mask=self.view_mask,
                 view_names=np.array(self.view_names, dtype=str),
                 timestamps=self.timestamps,
+                dropped=np.array(
+                    [[f.view, f.reason, f.detail] for f in self.views_dropped], dtype=str
+                ).reshape(-1, 3),
                 **info,
                 **extra,
             )
@@ -67,4 +74,8 @@ class Clip:
                 view_names=tuple(data["view_names"].tolist()),
                 views=views,
                 timestamps=data["timestamps"],
+                views_dropped=tuple(
+                    ViewFailure(*row)
+                    for row in (data["dropped"].tolist() if "dropped" in data else ())
+                ),
             )

@@ -6,6 +6,10 @@ and the message into an error row, so a message must tell the user what to fix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from mplstm.core.camera_checks import ViewFailure
+
 
 class ClipError(ValueError):
     """A clip (or one view of it) that cannot be turned into model input."""
@@ -84,3 +88,25 @@ class ViewNamesError(ClipError):
 
     code = "bad_views"
     http_status = 422
+
+
+class CameraFailedError(ClipError):
+    """A view failed its camera check and the model cannot do without it, or none is left."""
+
+    code = "camera_failed"
+    http_status = 422
+
+    def __init__(self, message: str, failures: Sequence[ViewFailure]) -> None:
+        self.failures = tuple(failures)
+        # The message names every failed view itself: no "view 'x':" prefix.
+        self.view = self.failures[0].view if self.failures else None
+        ValueError.__init__(self, message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_restore_camera, (str(self), self.view, self.failures))
+
+
+def _restore_camera(text: str, view: str | None, failures: tuple[ViewFailure, ...]) -> ClipError:
+    error = _restore(CameraFailedError, text, view)
+    error.failures = failures  # type: ignore[attr-defined]
+    return error

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mplstm.core.preprocess import PreprocessConfig
+from mplstm.core.view_subsets import ViewSubsetTable
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -96,6 +97,8 @@ class PackageManifest:
     frames_range: tuple[int, int] = (1, 1000)  # T the model was exported and checked for
     training: dict[str, Any] = field(default_factory=dict)  # metrics and provenance
     parity: dict[str, Any] = field(default_factory=dict)  # export-time parity results
+    # Accuracy of every view subset on held-out clips (None: not measured).
+    view_accuracy: ViewSubsetTable | None = None
     engines: tuple[EngineInfo, ...] = ()
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     format_version: int = FORMAT_VERSION
@@ -107,6 +110,10 @@ class PackageManifest:
         """Whether requests may leave views out (the model was trained with view dropout)."""
         return self.view_dropout > 0
 
+    def expected_accuracy(self, views_used: Sequence[str]) -> float | None:
+        """Measured accuracy with exactly `views_used` present; None when not measured."""
+        return None if self.view_accuracy is None else self.view_accuracy.accuracy(views_used)
+
     def preprocess_config(self) -> PreprocessConfig:
         """The `core` config for this package's requests: its views, in model order."""
         return dataclasses.replace(
@@ -116,6 +123,10 @@ class PackageManifest:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        preprocess = self.preprocess.to_dict()
+        # Whether cameras are checked is the server's policy (MPLSTM_CAMERA_CHECKS), not
+        # the model's preprocessing.
+        preprocess.pop("camera_checks")
         return {
             "format_version": self.format_version,
             "name": self.name,
@@ -127,7 +138,7 @@ class PackageManifest:
                 {"name": n, "yaw": None if self.view_yaws is None else self.view_yaws[i]}
                 for i, n in enumerate(self.view_names)
             ],
-            "preprocess": self.preprocess.to_dict(),
+            "preprocess": preprocess,
             "view_dropout": self.view_dropout,
             "inputs": [s.to_dict() for s in self.inputs],
             "outputs": [s.to_dict() for s in self.outputs],
@@ -135,6 +146,7 @@ class PackageManifest:
             "frames_range": list(self.frames_range),
             "training": self.training,
             "parity": self.parity,
+            "view_accuracy": None if self.view_accuracy is None else self.view_accuracy.to_dict(),
             "engines": [e.to_dict() for e in self.engines],
             "files": dict(sorted(self.files.items())),
             "created": self.created,
@@ -162,6 +174,11 @@ class PackageManifest:
             frames_range=tuple(values["frames_range"]),  # type: ignore[arg-type]
             training=dict(values.get("training") or {}),
             parity=dict(values.get("parity") or {}),
+            view_accuracy=(
+                ViewSubsetTable.from_dict(values["view_accuracy"])
+                if values.get("view_accuracy")
+                else None
+            ),
             engines=tuple(EngineInfo.from_dict(e) for e in values.get("engines") or ()),
             files=dict(values["files"]),
             created=str(values.get("created", "")),

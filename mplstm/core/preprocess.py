@@ -2,7 +2,10 @@
 
 `load_clip` decodes every view (sequentially: callers parallelise across clips),
 syncs them (`core.sync`) and picks the same T sample times in every view, giving a
-uint8 [V, T, C, H, W] `Clip`. `normalize` turns frames into the model's float input.
+uint8 [V, T, C, H, W] `Clip`. With `camera_checks` on, the sampled frames of every view
+are checked (`core.camera_checks`): a failed view is masked where the model allows
+missing views, and refused (`CameraFailedError`) where it does not. `normalize` turns
+frames into the model's float input.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mplstm.core.camera_checks import ViewFailure, check_views
 from mplstm.core.clip import Clip, ViewInfo
 from mplstm.core.decode import DecodedView, Source, decode_view
-from mplstm.core.errors import ViewNamesError
+from mplstm.core.errors import CameraFailedError, ViewNamesError
 from mplstm.core.limits import DecodeLimits
 from mplstm.core.sync import common_duration, nearest_frames, sample_times
 
@@ -43,6 +47,9 @@ class PreprocessConfig:
     # Largest difference in duration between views; more means they did not record one event.
     sync_tolerance_s: float = 0.2
     limits: DecodeLimits = field(default_factory=DecodeLimits)
+    # Check every view's sampled frames for a failed camera (black, blank, frozen, no
+    # signal, duplicate). Off here; the service, the scorer and training turn it on.
+    camera_checks: bool = False
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.height < 1 or self.width < 1:
@@ -85,7 +92,10 @@ def load_clip(views: Views, config: PreprocessConfig) -> Clip:
     """Decode, sync and sample the views of one clip into a uint8 [V, T, C, H, W] `Clip`.
 
     `views` maps view name -> source (path, bytes, binary file object, or None when
-    absent), or lists sources in the model's view order.
+    absent), or lists sources in the model's view order. With `config.camera_checks`,
+    a view that fails its camera check is masked like an absent one and listed in
+    `Clip.views_dropped`; CameraFailedError where the model needs every view, or where
+    no view is left.
     """
     names, sources = _resolve_views(views, config)
     decoded: dict[str, DecodedView] = {
@@ -107,16 +117,59 @@ def load_clip(views: Views, config: PreprocessConfig) -> Clip:
     out = np.zeros(
         (len(names), config.frames, config.channels, config.height, config.width), np.uint8
     )
+    # Samples that repeat the previous sample's frame (a view with fewer frames than T).
+    repeats = np.zeros((len(names), config.frames), bool)
     infos = []
     for v, name in enumerate(names):
         view = decoded.get(name)
         if view is None:
             infos.append(ViewInfo.absent())
             continue
-        out[v] = view.take(nearest_frames(view.timestamps, times))
+        picked = nearest_frames(view.timestamps, times)
+        out[v] = view.take(picked)
+        repeats[v, 1:] = picked[1:] == picked[:-1]
         infos.append(view.info)
     mask = np.array([name in decoded for name in names])
-    return Clip(out, mask, tuple(names), tuple(infos), times)
+    dropped: tuple[ViewFailure, ...] = ()
+    if config.camera_checks:
+        # Frame pixels per source pixel: above 1 where a small source was scaled up.
+        magnification = [
+            max(config.height / info.height, config.width / info.width) if info.height else 1.0
+            for info in infos
+        ]
+        dropped = _drop_failed_views(out, mask, names, repeats, magnification, config)
+    return Clip(out, mask, tuple(names), tuple(infos), times, dropped)
+
+
+def _drop_failed_views(
+    frames: np.ndarray,
+    mask: np.ndarray,
+    names: Sequence[str],
+    repeats: np.ndarray,
+    magnification: Sequence[float],
+    config: PreprocessConfig,
+) -> tuple[ViewFailure, ...]:
+    """Mask (and zero) the views that fail their camera check; refuse where that cannot be."""
+    failures = check_views(frames, mask, names, repeats, magnification)
+    if not failures:
+        return failures
+    listing = "; ".join(f.describe() for f in failures)
+    if not config.allow_missing_views:
+        raise CameraFailedError(
+            f"camera check failed: {listing}. This model needs every view of {list(names)}: "
+            "fix the camera, or turn the camera checks off for this clip",
+            failures,
+        )
+    if len(failures) == int(mask.sum()):
+        raise CameraFailedError(
+            f"every view failed its camera check: {listing}. Nothing is left to predict from",
+            failures,
+        )
+    for failure in failures:
+        v = names.index(failure.view)
+        frames[v] = 0
+        mask[v] = False
+    return failures
 
 
 def normalize(

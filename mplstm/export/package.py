@@ -4,8 +4,9 @@
 the graph) and logits + probabilities out, every MP-LSTM layer as one `mplstm::MPLSTM`
 node with its function body; runs the parity check (PyTorch vs ONNX Runtime on batch
 sizes and lengths other than the traced ones, with masked views) and refuses to write a
-package that fails it; then writes the Triton `config.pbtxt` and the manifest with the
-sha256 of every file.
+package that fails it; with held-out clips, scores the exported model on them, all
+views and every view subset; then writes the Triton `config.pbtxt` and the manifest
+with the sha256 of every file.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from mplstm.core.package import (
     write_package_manifest,
 )
 from mplstm.core.preprocess import PreprocessConfig, load_clip
+from mplstm.core.view_subsets import ViewSubsetTable
 from mplstm.export.torch_op import export_onnx
 from mplstm.inference.parity import TOLERANCES, compare
+from mplstm.inference.view_accuracy import measure_view_accuracy
 from mplstm.training.checkpoint import CheckpointMeta, load_model
 
 INPUT_NAMES = ("clip", "view_mask")
@@ -309,6 +312,7 @@ def build_package(
             model, meta, tmp / ONNX_NAME, max_batch, frames_range, tolerance, log
         )
         evaluation = _evaluation(tmp / ONNX_NAME, meta, eval_data, eval_split, log)
+        view_accuracy = _view_accuracy(tmp / ONNX_NAME, meta, eval_data, eval_split, log)
         manifest = _package_manifest(
             meta,
             config,
@@ -321,6 +325,7 @@ def build_package(
             parity=parity,
             evaluation=evaluation,
         )
+        manifest.view_accuracy = view_accuracy
         _write_package_files(tmp, manifest, num_classes, fp16=fp16, log=log)
         if out.exists():
             out.rmdir()  # an empty folder only: a non-empty one raises, nothing is lost
@@ -403,6 +408,32 @@ def _evaluation(
     evaluation = evaluate_onnx(onnx_path, meta.preprocess, meta.labels, eval_data, eval_split)
     log(f"{evaluation['clips']} clips, accuracy {evaluation['accuracy']:.1%}")
     return evaluation
+
+
+def _view_accuracy(
+    onnx_path: Path,
+    meta: CheckpointMeta,
+    eval_data: str | Path | None,
+    eval_split: str,
+    log: Callable[[str], None],
+) -> ViewSubsetTable | None:
+    """The exported model's accuracy on every view subset of `eval_data`'s split (None
+    without `eval_data`), for the manifest: what a failed camera costs."""
+    if eval_data is None:
+        return None
+    log(f"scoring every view subset on {eval_data} ({eval_split})")
+    session = onnx_session(onnx_path)
+    table = measure_view_accuracy(
+        lambda clip, mask: session.run(["logits"], {"clip": clip, "view_mask": mask})[0],
+        meta.preprocess,
+        meta.labels,
+        eval_data,
+        eval_split,
+        runtime=f"onnxruntime {ort.__version__} CPUExecutionProvider",
+    )
+    worst = min(table.subsets, key=lambda s: s.accuracy)
+    log(f"{len(table.subsets)} view subsets, worst {worst.accuracy:.1%} ({', '.join(worst.views)})")
+    return table
 
 
 def _write_package_files(

@@ -1,4 +1,5 @@
-"""The `MPLSTM_*` variables every user of inference reads: backend, device, decode limits.
+"""The `MPLSTM_*` variables every user of inference reads: backend, device, decode limits,
+camera checks.
 
 The service's settings extend these with its own (ports, keys, batching); the batch
 scorer reads only these, so a service-only variable (say an unreadable
@@ -46,6 +47,9 @@ class InferenceSettings(BaseSettings):
     max_width: int = Field(4096, gt=0)
     max_height: int = Field(4096, gt=0)
     max_pixels: int = Field(4096 * 4096, gt=0)
+    # Check every camera of a video clip (black, blank, frozen, no signal, duplicate) and
+    # mask or refuse a failed one (mplstm.core.camera_checks).
+    camera_checks: bool = True
 
     def backend_options(self) -> BackendOptions:
         """The backend these settings ask for."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mplstm.core.camera_checks import ViewFailure
 from mplstm.core.errors import CorruptVideoError
 from mplstm.core.package import ModelPackage
 from mplstm.core.preprocess import PreprocessConfig, ViewSource, load_clip
@@ -42,6 +43,7 @@ class Decoded:
     view_mask: np.ndarray | None  # bool [V]
     decode_s: float  # in whichever process decoded it
     error: Exception | None = None  # a ClipError for bad input; anything else is a bug
+    views_dropped: tuple[ViewFailure, ...] = ()  # failed their camera check, masked
 
     def clip(self) -> tuple[np.ndarray, np.ndarray]:
         """(frames, view_mask); raises the decoding error if there is one."""
@@ -62,6 +64,7 @@ class Scored:
     inference_s: float  # of the whole batch it ran in
     batch_size: int  # clips in that batch
     error: Exception | None = None
+    views_dropped: tuple[ViewFailure, ...] = ()  # failed their camera check, masked
 
     @property
     def views_used(self) -> tuple[str, ...]:
@@ -88,7 +91,13 @@ def decode(
         clip = load_clip(views, config)
     except Exception as exc:  # a ClipError, or a decoder bug: fails this clip, not the others
         return Decoded(names, None, None, time.perf_counter() - start, exc)
-    return Decoded(clip.view_names, clip.frames, clip.view_mask, time.perf_counter() - start)
+    return Decoded(
+        clip.view_names,
+        clip.frames,
+        clip.view_mask,
+        time.perf_counter() - start,
+        views_dropped=clip.views_dropped,
+    )
 
 
 def infer_decoded(decoded: Sequence[Decoded], backend: Backend) -> list[Scored]:
@@ -108,7 +117,16 @@ def infer_decoded(decoded: Sequence[Decoded], backend: Backend) -> list[Scored]:
     for d in decoded:
         probs = None if d.error is not None else probabilities[next(rows)]  # type: ignore[index]
         out.append(
-            Scored(d.view_names, d.view_mask, probs, d.decode_s, seconds, len(good), d.error)
+            Scored(
+                d.view_names,
+                d.view_mask,
+                probs,
+                d.decode_s,
+                seconds,
+                len(good),
+                d.error,
+                d.views_dropped,
+            )
         )
     return out
 

@@ -21,7 +21,7 @@ from mplstm.scoring.rows import COLUMNS, ScoreRow
 FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet")
 CHUNK_PREFIX = "chunk-"
 _TMP_SUFFIX = ".tmp"
-_LIST_COLUMNS = ("top_k", "views_used")
+_LIST_COLUMNS = ("top_k", "views_used", "views_dropped")
 
 
 class OutputError(ValueError):
@@ -155,6 +155,8 @@ def _to_csv(row: ScoreRow) -> dict[str, str]:
     for key in _LIST_COLUMNS:
         out[key] = json.dumps(values[key])
     out["score"] = "" if row.score is None else repr(row.score)
+    if row.expected_accuracy is not None:
+        out["expected_accuracy"] = repr(row.expected_accuracy)
     return out
 
 
@@ -177,6 +179,11 @@ def _arrow_schema():
             ("score", pa.float64()),
             ("top_k", pa.list_(pa.struct([("label", text), ("score", pa.float64())]))),
             ("views_used", pa.list_(text)),
+            (
+                "views_dropped",
+                pa.list_(pa.struct([("view", text), ("reason", text), ("detail", text)])),
+            ),
+            ("expected_accuracy", pa.float64()),
             ("status", text),
             ("error_code", text),
             ("error", text),

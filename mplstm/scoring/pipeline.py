@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from mplstm.core.camera_checks import ViewFailure
 from mplstm.core.cpus import threads_per_worker
 from mplstm.core.manifest import ClipRecord
 from mplstm.core.package import ModelPackage
@@ -57,6 +58,8 @@ class ClipScore:
     views_used: tuple[str, ...]
     error_code: str | None = None
     error: str | None = None
+    # Failed a camera check: masked (scored clips), or why the clip was refused.
+    views_dropped: tuple[ViewFailure, ...] = ()
 
 
 @dataclass
@@ -84,12 +87,15 @@ class StageTimes:
 def clip_score(record: ClipRecord, scored: Scored) -> ClipScore:
     """The scorer's result for a record from a worker task's outcome."""
     if scored.error is None:
-        return ClipScore(record, scored.probabilities, scored.views_used)
+        return ClipScore(
+            record, scored.probabilities, scored.views_used, views_dropped=scored.views_dropped
+        )
     code = getattr(scored.error, "code", None)
     if code is None:  # not a ClipError: a decoder bug fails this clip, not the run
         message = f"unexpected {type(scored.error).__name__} while decoding: {scored.error}"
         return ClipScore(record, None, (), UNEXPECTED_ERROR, message)
-    return ClipScore(record, None, (), code, str(scored.error))
+    failures = getattr(scored.error, "failures", ())  # camera_failed: which views, why
+    return ClipScore(record, None, (), code, str(scored.error), failures)
 
 
 def crashed_score(record: ClipRecord, config: PreprocessConfig) -> Scored:

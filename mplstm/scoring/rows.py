@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from mplstm.core import ranking
+from mplstm.core.camera_checks import ViewFailure
 from mplstm.core.manifest import ClipRecord
 
 OK = "ok"
@@ -20,6 +21,8 @@ COLUMNS: tuple[str, ...] = (
     "score",
     "top_k",
     "views_used",
+    "views_dropped",
+    "expected_accuracy",
     "status",
     "error_code",
     "error",
@@ -39,6 +42,11 @@ class ScoreRow:
     status: str  # "ok" | "error"
     error_code: str | None  # a ClipError code, e.g. "corrupt_video"
     error: str | None  # the message, saying what to fix
+    # Views that failed a camera check: (view, reason, detail). Masked on an ok row; the
+    # cause of a camera_failed error row.
+    views_dropped: tuple[tuple[str, str, str], ...] = ()
+    # The package's measured accuracy on exactly `views_used` (None: not measured, or error).
+    expected_accuracy: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -53,6 +61,11 @@ class ScoreRow:
             "score": self.score,
             "top_k": [{"label": label, "score": score} for label, score in self.top_k],
             "views_used": list(self.views_used),
+            "views_dropped": [
+                {"view": view, "reason": reason, "detail": detail}
+                for view, reason, detail in self.views_dropped
+            ],
+            "expected_accuracy": self.expected_accuracy,
             "status": self.status,
             "error_code": self.error_code,
             "error": self.error,
@@ -62,6 +75,7 @@ class ScoreRow:
     def from_dict(cls, values: Mapping[str, Any]) -> ScoreRow:
         """Inverse of `to_dict`."""
         score = values.get("score")
+        expected = values.get("expected_accuracy")
         return cls(
             id=str(values["id"]),
             label=values.get("label"),
@@ -72,6 +86,12 @@ class ScoreRow:
             status=str(values["status"]),
             error_code=values.get("error_code"),
             error=values.get("error"),
+            # Rows written before camera checks have neither field.
+            views_dropped=tuple(
+                (str(d["view"]), str(d["reason"]), str(d.get("detail") or ""))
+                for d in values.get("views_dropped") or ()
+            ),
+            expected_accuracy=None if expected is None else float(expected),
         )
 
 
@@ -81,6 +101,8 @@ def ok_row(
     views_used: Sequence[str],
     labels: tuple[str, ...],
     top_k: int,
+    views_dropped: Sequence[ViewFailure] = (),
+    expected_accuracy: float | None = None,
 ) -> ScoreRow:
     """The row of a scored clip; top-k ranked exactly as the service ranks its answers."""
     # The service's own ranking rule (ties in label order): scorer and /v1 agree label for label.
@@ -95,9 +117,28 @@ def ok_row(
         status=OK,
         error_code=None,
         error=None,
+        views_dropped=_dropped(views_dropped),
+        expected_accuracy=expected_accuracy,
     )
 
 
-def error_row(record: ClipRecord, code: str, message: str) -> ScoreRow:
-    """The row of a clip that could not be scored."""
-    return ScoreRow(record.id, record.label, None, None, (), (), ERROR, code, message)
+def error_row(
+    record: ClipRecord, code: str, message: str, views_dropped: Sequence[ViewFailure] = ()
+) -> ScoreRow:
+    """The row of a clip that could not be scored (`views_dropped`: failed cameras, if any)."""
+    return ScoreRow(
+        record.id,
+        record.label,
+        None,
+        None,
+        (),
+        (),
+        ERROR,
+        code,
+        message,
+        views_dropped=_dropped(views_dropped),
+    )
+
+
+def _dropped(failures: Sequence[ViewFailure]) -> tuple[tuple[str, str, str], ...]:
+    return tuple((f.view, f.reason, f.detail) for f in failures)

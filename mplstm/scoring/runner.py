@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mplstm.core.manifest import ClipRecord, read_manifest
-from mplstm.core.package import ModelPackage, load_package, resolve_package
+from mplstm.core.package import ModelPackage, PackageManifest, load_package, resolve_package
 from mplstm.core.preprocess import PreprocessConfig
 from mplstm.core.worker_pool import PoolThread
 from mplstm.inference.options import BackendChoice, BackendOptions, Placement, resolve_placement
@@ -49,6 +49,7 @@ class ScoreOptions:
     threads: int = 0  # ONNX Runtime intra-op threads (0: its default; per worker under WORKERS)
     inference: Placement = Placement.AUTO  # where the model runs (mplstm.inference.options)
     progress: bool = True
+    camera_checks: bool | None = None  # None: MPLSTM_CAMERA_CHECKS (default on)
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,14 @@ def run_scoring(options: ScoreOptions, hooks: ScoringHooks = NO_HOOKS) -> ScoreR
 def _open_run(options: ScoreOptions) -> _Run:
     package = load_package(resolve_package(options.model))
     # The service's decode limits (MPLSTM_MAX_* apply here too): one decoding path.
+    checks = {} if options.camera_checks is None else {"camera_checks": options.camera_checks}
     settings = load_inference_settings(
-        backend=options.backend, device=options.device, intra_op_threads=options.threads
+        backend=options.backend, device=options.device, intra_op_threads=options.threads, **checks
     )
     config = dataclasses.replace(
-        package.manifest.preprocess_config(), limits=settings.decode_limits()
+        package.manifest.preprocess_config(),
+        limits=settings.decode_limits(),
+        camera_checks=settings.camera_checks,
     )
     records = select(read_manifest(options.manifest, check_files=False), options.shard)
     store, done = _open_output(options, package)
@@ -173,7 +177,6 @@ def _commit_all(run: _Run, groups: Iterator[list[ClipScore]], hooks: ScoringHook
     """Commit each group of results as one chunk, with a progress bar; rows committed."""
     from tqdm import tqdm
 
-    labels = run.package.manifest.labels
     scored = 0
     with tqdm(
         total=run.total,
@@ -185,7 +188,7 @@ def _commit_all(run: _Run, groups: Iterator[list[ClipScore]], hooks: ScoringHook
         smoothing=0.1,
     ) as bar:
         for group in groups:
-            rows = [_row(result, labels, run.options.top_k) for result in group]
+            rows = [_row(result, run.package.manifest, run.options.top_k) for result in group]
             run.store.commit(hooks.writing(rows))
             hooks.chunk_committed()
             scored += len(rows)
@@ -216,7 +219,17 @@ def _open_output(options: ScoreOptions, package: ModelPackage) -> tuple[ChunkSto
     return store, done
 
 
-def _row(result: ClipScore, labels: tuple[str, ...], top_k: int) -> ScoreRow:
+def _row(result: ClipScore, manifest: PackageManifest, top_k: int) -> ScoreRow:
     if result.probabilities is None:
-        return error_row(result.record, result.error_code or "error", result.error or "")
-    return ok_row(result.record, result.probabilities, result.views_used, labels, top_k)
+        return error_row(
+            result.record, result.error_code or "error", result.error or "", result.views_dropped
+        )
+    return ok_row(
+        result.record,
+        result.probabilities,
+        result.views_used,
+        manifest.labels,
+        top_k,
+        result.views_dropped,
+        manifest.expected_accuracy(result.views_used),
+    )

@@ -23,6 +23,8 @@ class ScoreSummary:
     ok: int
     errors: int
     errors_by_code: dict[str, int]
+    # Views that failed a camera check, camera -> reason -> clips (masked or refused).
+    views_dropped: dict[str, dict[str, int]]
     labelled: int  # ok rows whose label is one of the model's labels
     accuracy: float | None  # over `labelled`; None when there is none
     resumed: int  # rows an earlier run had committed
@@ -72,6 +74,7 @@ def summarize(
         ok=len(ok),
         errors=len(rows) - len(ok),
         errors_by_code=dict(Counter(r.error_code or "unknown" for r in rows if not r.ok)),
+        views_dropped=dropped_by_camera(rows),
         labelled=len(labelled),
         accuracy=correct / len(labelled) if labelled else None,
         resumed=resumed,
@@ -86,12 +89,28 @@ def summarize(
     )
 
 
+def dropped_by_camera(rows: Sequence[ScoreRow]) -> dict[str, dict[str, int]]:
+    """Camera -> reason -> how many rows had that camera fail its check that way."""
+    counts: dict[str, Counter[str]] = {}
+    for row in rows:
+        for view, reason, _ in row.views_dropped:
+            counts.setdefault(view, Counter())[reason] += 1
+    return {view: dict(sorted(c.items())) for view, c in sorted(counts.items())}
+
+
 def format_summary(s: ScoreSummary) -> str:
     """A few lines for the terminal."""
     lines = [f"{s.model} {s.shard}: {s.clips} clips, {s.ok} ok, {s.errors} error(s)"]
     if s.errors_by_code:
         codes = ", ".join(f"{code} {n}" for code, n in sorted(s.errors_by_code.items()))
         lines.append(f"  errors: {codes}")
+    if s.views_dropped:
+        dropped = ", ".join(
+            f"{view} {reason} {n}"
+            for view, reasons in s.views_dropped.items()
+            for reason, n in reasons.items()
+        )
+        lines.append(f"  cameras failed: {dropped}")
     if s.accuracy is not None:
         lines.append(f"  accuracy: {s.accuracy:.1%} over {s.labelled} labelled clips")
     if s.resumed:

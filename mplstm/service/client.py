@@ -48,13 +48,18 @@ def predict(
     top_k: int = 5,
     api_key: str | None = None,
     timeout_s: float = 60.0,
+    camera_checks: bool | None = None,
 ) -> dict[str, Any]:
-    """POST one clip (view name -> video file) to the service; the JSON answer."""
+    """POST one clip (view name -> video file) to the service; the JSON answer.
+
+    `camera_checks` turns the camera checks on or off for this clip (None: the server's).
+    """
     route = f"/v1/models/{model}/predict" if model else "/v1/predict"
     body, content_type = encode_multipart({n: Path(p) for n, p in views.items()}, {})
-    request = urllib.request.Request(
-        f"{url.rstrip('/')}{route}?top_k={top_k}", data=body, method="POST"
-    )
+    query = f"top_k={top_k}"
+    if camera_checks is not None:
+        query += f"&camera_checks={'on' if camera_checks else 'off'}"
+    request = urllib.request.Request(f"{url.rstrip('/')}{route}?{query}", data=body, method="POST")
     request.add_header("Content-Type", content_type)
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")

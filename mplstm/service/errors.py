@@ -8,6 +8,7 @@ reaches `internal_error` is a bug: it is logged with its traceback and answered 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -30,10 +31,17 @@ class ApiError(Exception):
     code = "bad_request"
     status = 400
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
+        self.body = body or {}  # fields the answer carries beside error and detail
 
 
 class ModelNotFoundError(ApiError):
@@ -141,19 +149,27 @@ def error_body(code: str, detail: str) -> dict[str, str]:
 
 
 def error_response(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, detail), status_code=status, headers=headers)
+    body = {**error_body(code, detail), **(extra or {})}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.detail, exc.headers)
+    return error_response(exc.status, exc.code, exc.detail, exc.headers, exc.body)
 
 
 async def _clip_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ClipError)
-    return error_response(exc.http_status, exc.code, str(exc))
+    # camera_failed: which views failed their camera check, and why, as data.
+    failures = getattr(exc, "failures", None)
+    extra = {"views_failed": [dataclasses.asdict(f) for f in failures]} if failures else None
+    return error_response(exc.http_status, exc.code, str(exc), extra=extra)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

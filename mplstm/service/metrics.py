@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from mplstm.core.camera_checks import REASONS
 from mplstm.service.statistics import InferenceStatistics
 
 STAGES = ("decode", "queue", "inference", "total")
@@ -63,6 +64,19 @@ class ServiceMetrics:
         )
         # The same requests in Triton's per-model shape (the gRPC ModelStatistics RPC).
         self.statistics = InferenceStatistics()
+        self.camera_checked_clips = Counter(
+            "mplstm_camera_checked_clips",
+            "Video clips whose cameras were checked (the denominator of view drops).",
+            ("model",),
+            registry=self.registry,
+        )
+        self.views_dropped = Counter(
+            "mplstm_view_dropped",
+            "Views that failed a camera check, by camera and reason: masked, or refused "
+            "(camera_failed) where the model needs every view.",
+            ("model", "view", "reason"),
+            registry=self.registry,
+        )
 
     def observe_stages(self, model: str, seconds: dict[str, float], protocol: str = "http") -> None:
         """Record one successful request's per-stage times (seconds)."""
@@ -74,6 +88,13 @@ class ServiceMetrics:
         """Record one inference run of `rows` clips that took `seconds`."""
         self.batch_size.labels(model).observe(rows)
         self.statistics.batch_ran(model, rows, seconds)
+
+    def watch_cameras(self, model: str, views: tuple[str, ...]) -> None:
+        """Every camera's drop counters at zero, so that rates exist before a first drop."""
+        self.camera_checked_clips.labels(model)
+        for view in views:
+            for reason in REASONS:
+                self.views_dropped.labels(model, view, reason)
 
     def render(self) -> bytes:
         """The text exposition format for `GET /metrics`."""

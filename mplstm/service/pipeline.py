@@ -14,9 +14,13 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mplstm.core.camera_checks import ViewFailure
+from mplstm.core.errors import CameraFailedError
 from mplstm.core.preprocess import PreprocessConfig
 from mplstm.core.ranking import top_k
 from mplstm.service.batcher import BatchResult
+from mplstm.service.cameras import checked as cameras_checked
+from mplstm.service.cameras import count_checked, dropped_views, expected_accuracy
 from mplstm.service.errors import DeadlineExceededError
 from mplstm.service.metrics import ServiceMetrics
 from mplstm.service.repository import LoadedModel, ModelRepository
@@ -55,12 +59,21 @@ def counted(services: Services, model: str, route: str, protocol: str = "http") 
 
 @dataclass(frozen=True)
 class _Scored:
-    """One clip's probabilities, the views it used, and the seconds each stage took."""
+    """One clip's probabilities, the views it used and dropped, and each stage's seconds."""
 
     view_names: tuple[str, ...]
     view_mask: np.ndarray
     probabilities: np.ndarray
     seconds: dict[str, float]
+    views_dropped: tuple[ViewFailure, ...]
+
+
+@dataclass(frozen=True)
+class CameraPolicy:
+    """A request's camera checks: on or off, and the accuracy floor of the views left."""
+
+    checks: bool = True
+    min_expected_accuracy: float | None = None
 
 
 async def predict_views(
@@ -72,20 +85,32 @@ async def predict_views(
     workers: VideoWorkers,
     metrics: ServiceMetrics,
     timeout_s: float,
+    cameras: CameraPolicy = CameraPolicy(),
 ) -> PredictResponse:
     """Uploaded views of one clip -> the model's top-k predictions, with per-stage timings."""
-    config = model.preprocess
-    if model.worker_queue is not None:
-        scored = await _in_workers(model.worker_queue, views, config, timeout_s)
-    else:
-        scored = await _through_batcher(model, views, config, workers, timeout_s)
+    config = cameras_checked(model.preprocess, cameras.checks)
+    try:
+        if model.worker_queue is not None:
+            scored = await _in_workers(model.worker_queue, views, config, timeout_s)
+        else:
+            scored = await _through_batcher(model, views, config, workers, timeout_s)
+    except CameraFailedError as exc:
+        count_checked(metrics, model.name, exc.failures)
+        raise
+    if cameras.checks:
+        count_checked(metrics, model.name, scored.views_dropped)
     metrics.observe_stages(model.name, scored.seconds)
-    used = zip(scored.view_names, scored.view_mask, strict=True)
+    used = [n for n, present in zip(scored.view_names, scored.view_mask, strict=True) if present]
+    expected = expected_accuracy(
+        model.name, model.manifest, used, scored.views_dropped, cameras.min_expected_accuracy
+    )
     return PredictResponse(
         model=ModelRef(name=model.name, version=model.version),
         task=model.manifest.task,
         predictions=top_predictions(scored.probabilities, model.manifest.labels, top_k),
-        views_used=[name for name, present in used if present],
+        views_used=used,
+        views_dropped=dropped_views(scored.views_dropped),
+        expected_accuracy=expected,
         timings_ms=Timings(**{k: round(v * 1000, 3) for k, v in scored.seconds.items()}),
         request_id=request_id,
     )
@@ -109,7 +134,7 @@ async def _in_workers(
         "total": total,
     }
     assert done.view_mask is not None and done.probabilities is not None  # no error
-    return _Scored(done.view_names, done.view_mask, done.probabilities, seconds)
+    return _Scored(done.view_names, done.view_mask, done.probabilities, seconds, done.views_dropped)
 
 
 async def _through_batcher(
@@ -137,7 +162,9 @@ async def _through_batcher(
         "inference": result.inference_s,
         "total": time.perf_counter() - start,
     }
-    return _Scored(decoded.view_names, view_mask, result.probabilities[0], seconds)
+    return _Scored(
+        decoded.view_names, view_mask, result.probabilities[0], seconds, decoded.views_dropped
+    )
 
 
 async def infer_tensors(

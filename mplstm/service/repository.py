@@ -30,6 +30,7 @@ from mplstm.inference.backend import Backend, BackendUnavailableError, warm_up
 from mplstm.inference.options import Placement, resolve_placement
 from mplstm.inference.select import open_backend
 from mplstm.service.batcher import DynamicBatcher
+from mplstm.service.cameras import watch as watch_cameras
 from mplstm.service.errors import ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from mplstm.service.metrics import ServiceMetrics
 from mplstm.service.settings import Settings
@@ -173,6 +174,7 @@ class ModelRepository:
             self._models[name] = model
             self._failures.pop(name, None)
             self._update_gauges(old, model)
+            watch_cameras(self.metrics, package.manifest, name, self.settings.min_expected_accuracy)
             log.info(
                 "model %s: version %s ready (%s; video inference placement: %s)",
                 name,

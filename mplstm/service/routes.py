@@ -31,7 +31,7 @@ from mplstm.service.oip import (
     response_outputs,
     wants_binary,
 )
-from mplstm.service.pipeline import Services, counted, predict_views
+from mplstm.service.pipeline import CameraPolicy, Services, counted, predict_views
 from mplstm.service.repository import LoadedModel
 from mplstm.service.schemas import (
     ErrorResponse,
@@ -62,6 +62,13 @@ async def data_plane(request: Request) -> DataPlane:
 ServicesDep = Annotated[Services, Depends(services)]
 PlaneDep = Annotated[DataPlane, Depends(data_plane)]
 TopK = Annotated[int, Query(ge=1, le=10_000, description="How many labels to return")]
+CameraChecks = Annotated[
+    bool | None,
+    Query(
+        description="Check the cameras (black, blank, frozen, no signal, duplicate) and mask "
+        "a failed one: on or off for this request (default: MPLSTM_CAMERA_CHECKS)"
+    ),
+]
 
 
 def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -92,8 +99,11 @@ _MULTIPART_BODY = {
                 "schema": {
                     "type": "object",
                     "description": "One file part per view, named by the model's view names "
-                    "(GET /v1/models/{name}); optional field top_k.",
-                    "properties": {"top_k": {"type": "integer", "minimum": 1}},
+                    "(GET /v1/models/{name}); optional fields top_k and camera_checks.",
+                    "properties": {
+                        "top_k": {"type": "integer", "minimum": 1},
+                        "camera_checks": {"type": "string", "enum": ["on", "off"]},
+                    },
                     "additionalProperties": {"type": "string", "format": "binary"},
                 }
             }
@@ -165,6 +175,7 @@ def _summary(model: LoadedModel) -> ModelSummary:
         width=m.preprocess.width,
         max_batch=model.batcher.max_batch,
         backend=model.backend.description,
+        view_accuracy=None if m.view_accuracy is None else m.view_accuracy.to_dict(),
         video_inference=model.placement.value,
     )
 
@@ -182,7 +193,12 @@ async def describe_model(name: str, svc: ServicesDep) -> ModelSummary:
 
 
 async def _predict(
-    request: Request, name: str, top_k: int, svc: Services, route: str
+    request: Request,
+    name: str,
+    top_k: int,
+    svc: Services,
+    route: str,
+    camera_checks: bool | None = None,
 ) -> PredictResponse:
     with counted(svc, name, route):
         model = svc.repository.get(name)
@@ -190,6 +206,8 @@ async def _predict(
         try:
             if "top_k" in upload.options:
                 top_k = _top_k(upload.options["top_k"])
+            if "camera_checks" in upload.options:
+                camera_checks = _switch("camera_checks", upload.options["camera_checks"])
             return await predict_views(
                 model,
                 upload.views,
@@ -198,9 +216,23 @@ async def _predict(
                 workers=svc.workers,
                 metrics=svc.metrics,
                 timeout_s=svc.settings.request_timeout_s,
+                cameras=CameraPolicy(
+                    svc.settings.camera_checks if camera_checks is None else camera_checks,
+                    svc.settings.min_expected_accuracy,
+                ),
             )
         finally:
             await upload.close()
+
+
+def _switch(name: str, value: str) -> bool:
+    """An on/off form field (the spellings a query parameter takes)."""
+    word = value.strip().lower()
+    if word in ("on", "true", "1", "yes"):
+        return True
+    if word in ("off", "false", "0", "no"):
+        return False
+    raise ApiError(f"{name} must be on or off, got {value!r}")
 
 
 def _top_k(value: str) -> int:
@@ -220,9 +252,10 @@ async def predict(
     request: Request,
     svc: ServicesDep,
     top_k: TopK = 5,
+    camera_checks: CameraChecks = None,
 ) -> PredictResponse:
     """Predict from one multi-view clip: one video file per view (multipart)."""
-    return await _predict(request, name, top_k, svc, "v1_predict")
+    return await _predict(request, name, top_k, svc, "v1_predict", camera_checks)
 
 
 @router.post(
@@ -232,9 +265,12 @@ async def predict_default(
     request: Request,
     svc: ServicesDep,
     top_k: TopK = 5,
+    camera_checks: CameraChecks = None,
 ) -> PredictResponse:
     """`POST /v1/models/{MPLSTM_DEFAULT_MODEL}/predict`."""
-    return await _predict(request, svc.settings.default_model, top_k, svc, "v1_predict")
+    return await _predict(
+        request, svc.settings.default_model, top_k, svc, "v1_predict", camera_checks
+    )
 
 
 # -- /v2: Open Inference Protocol -----------------------------------------------------------

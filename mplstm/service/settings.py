@@ -78,6 +78,9 @@ class Settings(InferenceSettings):
     workers: int = Field(1, gt=0, le=64)
     # On SIGTERM: stop accepting, then wait this long for in-flight requests.
     graceful_shutdown_s: float = Field(30.0, ge=0)
+    # Refuse (422 too_few_cameras) a video clip whose usable views are expected, from the
+    # package's view-subset table, to be less accurate than this (0..1). Unset: off.
+    min_expected_accuracy: float | None = Field(None, ge=0, le=1)
 
     @field_validator("video_inference", mode="before")
     @classmethod

@@ -14,8 +14,8 @@ from mplstm.core.preprocess import named_views
 from mplstm.service.errors import ApiError, TooManyPartsError, UnsupportedMediaTypeError
 
 # Form fields that are options, not views.
-OPTION_FIELDS = ("top_k",)
-# Largest text field (top_k is a few bytes); views must be file parts.
+OPTION_FIELDS = ("top_k", "camera_checks")
+# Largest text field (options are a few bytes); views must be file parts.
 _MAX_FIELD_BYTES = 1024
 
 

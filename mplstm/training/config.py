@@ -44,6 +44,9 @@ class DataConfig:
     sync_tolerance_s: float = 0.2
     # Decoded-clip cache; "" = <manifest folder>/.mplstm-cache, "none" = decode every time.
     cache_dir: str = ""
+    # Camera checks on every clip (mplstm.core.camera_checks): a view that fails one (black,
+    # blank, frozen, no signal, duplicate) is masked as absent, as view dropout does.
+    camera_checks: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ evaluation.json, evaluation.md and confusion.png.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mplstm.core.view_subsets import view_subsets
 from mplstm.training.checkpoint import load_model
 from mplstm.training.data import ClipDataset, DataError, make_loader, read_data_spec
 from mplstm.training.plots import plot_confusion
@@ -65,15 +65,6 @@ class EvalReport:
     confusion: list[list[int]]  # rows true, columns predicted, all views
     subsets: list[SubsetResult]
     by_view_count: list[ViewCountSummary]
-
-
-def view_subsets(num_views: int) -> list[tuple[int, ...]]:
-    """Every non-empty subset of view indices: singles first, then pairs, ..., all."""
-    return [
-        combo
-        for k in range(1, num_views + 1)
-        for combo in itertools.combinations(range(num_views), k)
-    ]
 
 
 @torch.no_grad()

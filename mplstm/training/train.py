@@ -261,6 +261,10 @@ def _preprocess(config: DataConfig, spec: DataSpec) -> PreprocessConfig:
             std=values("std", 1.0),
             view_names=spec.view_names,
             sync_tolerance_s=config.sync_tolerance_s,
+            camera_checks=config.camera_checks,
+            # Every view of a training clip is in the manifest; only a camera that fails
+            # its check is ever absent, and it is masked rather than stopping the run.
+            allow_missing_views=config.camera_checks,
         )
     except ValueError as exc:
         raise ConfigError(f"[data]: {exc}") from exc

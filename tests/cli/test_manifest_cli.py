@@ -1,4 +1,4 @@
-"""`mplstm manifest oulu` and `mplstm manifest check` on real files."""
+"""`mplstm manifest oulu` and `mplstm manifest check` (with `--cameras`) on real files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from mplstm.cli import main
-from mplstm.core.manifest import read_manifest
+from mplstm.core.manifest import read_manifest, write_manifest
+from mplstm.core.synth import SynthConfig, plan_clips
+from mplstm.core.synth.camera_failures import write_failed_clip
 from mplstm.core.video_writer import write_video
 
 
@@ -54,3 +56,32 @@ def test_check_reports_the_bad_line(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_oulu_on_a_wrong_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["manifest", "oulu", str(tmp_path), "--out", str(tmp_path / "m.jsonl")]) == 2
     assert "is this the OuluVS2 root" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_check_cameras_lists_every_failed_camera_by_camera_reason_and_clip(
+    workers: int, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = SynthConfig(
+        task="lipreading", speakers=1, words=3, views=3, clips_per_pair=1, size=(32, 32)
+    )
+    plans = plan_clips(config)
+    cases = [{}, {"left90": "frozen"}, {"front": "black", "right30": "snow"}]
+    records = [write_failed_clip(p, config, c, tmp_path) for p, c in zip(plans, cases, strict=True)]
+    manifest = write_manifest(records, tmp_path / "manifest.jsonl")
+    argv = ["manifest", "check", str(manifest), "--cameras", "--frames", "8", "--size", "32", "32"]
+    assert main([*argv, "--workers", str(workers), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "3 clips checked: 2 with a failed camera, 0 unreadable" in out
+    assert (
+        "  left90: frozen 1" in out
+        and "  front: black 1" in out
+        and "  right30: no_signal 1" in out
+    )
+    assert f"{records[1].id}: view 'left90': frozen" in out
+    good = write_manifest(records[:1], tmp_path / "good.jsonl")
+    assert (
+        main(["manifest", "check", str(good), "--cameras", "--size", "32", "32", "--no-progress"])
+        == 0
+    )
+    assert "1 clips checked: 0 with a failed camera" in capsys.readouterr().out

@@ -34,6 +34,8 @@ _INSTALL_HINT = {
     "kubectl": "`make deploy-tools` (run by `make test`) puts kubectl (with kustomize) in .venv/bin",
     "docker-compose": "`make deploy-tools` (run by `make test`) installs Debian's docker-compose "
     "with apt-get",
+    "promtool": "`make deploy-tools` (run by `make test`) installs Debian's prometheus (promtool) "
+    "with apt-get",
 }
 
 
@@ -85,6 +87,7 @@ def metric_sample_names() -> frozenset[str]:
     metrics.queue_depth.labels("m").set(1)
     metrics.model_ready.labels("m", "1").set(1)
     metrics.models_loaded.set(1)
+    metrics.watch_cameras("m", ("front",))
     return frozenset(
         sample.name for family in metrics.registry.collect() for sample in family.samples
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,20 @@ def test_demo_package_scores_its_example_clips_at_the_accuracy_its_manifest_reco
     assert measured["correct"] == recorded["correct"]
     # Better than chance by a margin: the package is a trained model, not an initialisation.
     assert measured["accuracy"] >= 2.0 / len(package.manifest.labels)
+
+
+@pytest.mark.parametrize("name", sorted(DEMOS))
+def test_demo_package_records_every_view_subset_on_its_example_clips(name: str) -> None:
+    """The table behind `expected_accuracy`: every subset, measured on the example clips;
+    with every view it agrees with the evaluation recorded at export."""
+    manifest = load_package(ROOT / "models" / name / "1").manifest
+    table = manifest.view_accuracy
+    assert table is not None
+    assert table.data == f"models/examples/{DEMOS[name]}/manifest.jsonl"
+    assert (table.split, table.clips) == ("test", manifest.training["evaluation"]["clips"])
+    views = len(manifest.view_names)
+    assert sorted(len(s.views) for s in table.subsets) == sorted(
+        k for k in range(1, views + 1) for _ in range(math.comb(views, k))
+    )
+    everything = manifest.expected_accuracy(manifest.view_names)
+    assert everything == manifest.training["evaluation"]["accuracy"]

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 import numpy as np
 from tiny_models import save_tiny_checkpoint
 
+from mplstm.core.synth.camera_failures import fail_views
+from mplstm.core.synth.generate import RenderedView
 from mplstm.core.video_writer import write_video
 
 VIEWS = ("front", "side", "profile")
@@ -45,19 +48,39 @@ def build_packages(repo: Path, work: Path) -> None:
         build_package(ckpt, repo / name / "1")
 
 
-def write_clip(folder: Path, seed: int, *, frames: int = 20, fps: float = 25.0) -> dict[str, Path]:
-    """Three views of one moving random texture (H.264, 48x48), one file per view."""
+def write_clip(
+    folder: Path,
+    seed: int,
+    *,
+    frames: int = 20,
+    fps: float = 25.0,
+    failures: Mapping[str, str] | None = None,
+) -> dict[str, Path]:
+    """Three views of one moving random texture (H.264, 48x48), one file per view.
+
+    The texture is smooth blobs, not independent pixels: a picture with spatial
+    structure, which the camera checks tell apart from a no-signal camera's snow.
+    `failures` (view -> kind of `mplstm.core.synth.camera_failures`) fails cameras.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    texture = rng.integers(0, 256, (96, 96), dtype=np.uint8)
-    paths = {}
+    blocks = np.kron(rng.uniform(0, 255, (12, 12)), np.ones((8, 8)))
+    blur = np.ones(5) / 5
+    for axis in (0, 1):
+        blocks = np.apply_along_axis(np.convolve, axis, blocks, blur, mode="same")
+    texture = blocks.astype(np.uint8)
+    views = []
     for v, name in enumerate(VIEWS):
         # Each view looks at a different part of the texture, which drifts over time.
         shifts = (np.arange(frames) * (v + 1)) % 48
         rows = (np.arange(48)[None, :, None] + shifts[:, None, None] + 16 * v) % 96
         cols = (np.arange(48)[None, None, :] + shifts[:, None, None]) % 96
-        paths[name] = write_video(folder / f"{name}.mp4", texture[rows, cols], fps)
-    return paths
+        views.append(RenderedView(name, texture[rows, cols][..., None].repeat(3, -1), fps, 0.0))
+    if failures:
+        views = fail_views(views, failures, rng)
+    return {
+        view.name: write_video(folder / f"{view.name}.mp4", view.frames, view.fps) for view in views
+    }
 
 
 def upload(paths: dict[str, Path]) -> list[tuple[str, tuple[str, bytes, str]]]:

@@ -13,6 +13,7 @@ import torch
 from mplstm.cli import main
 from mplstm.core.preprocess import PreprocessConfig
 from mplstm.core.synth import SynthConfig, generate
+from mplstm.core.view_subsets import view_subsets
 from mplstm.training.checkpoint import (
     CheckpointMeta,
     load_model,
@@ -20,13 +21,7 @@ from mplstm.training.checkpoint import (
     save_checkpoint,
 )
 from mplstm.training.data import ClipDataset, collate, decode_record, make_loader, read_data_spec
-from mplstm.training.evaluate import (
-    accuracy,
-    build_report,
-    predict,
-    top_k_accuracy,
-    view_subsets,
-)
+from mplstm.training.evaluate import accuracy, build_report, predict, top_k_accuracy
 from mplstm.training.models import get_model
 
 TINY = SynthConfig(
@@ -153,13 +148,6 @@ def test_a_clip_left_with_no_view_counts_wrong() -> None:
     labels = np.array([0, 0])
     assert accuracy(logits, labels) == 0.5
     assert top_k_accuracy(logits, labels, 3) == 0.5
-
-
-def test_view_subsets_list_singles_then_pairs_then_all() -> None:
-    subsets = view_subsets(4)
-    assert len(subsets) == 15 and subsets[:4] == [(0,), (1,), (2,), (3,)]
-    assert subsets[-1] == (0, 1, 2, 3)
-    assert [len(s) for s in subsets] == sorted(len(s) for s in subsets)
 
 
 def test_unknown_split_and_foreign_file_exit_2_with_a_reason(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import tomllib
@@ -11,9 +12,12 @@ import pytest
 import torch
 
 from mplstm.cli import main
-from mplstm.core.synth import SynthConfig, generate
+from mplstm.core.manifest import read_manifest, write_manifest
+from mplstm.core.synth import SynthConfig, generate, plan_clips
+from mplstm.core.synth.camera_failures import write_failed_clip
 from mplstm.training.checkpoint import load_checkpoint, load_model
 from mplstm.training.config import RunConfig, TrainConfig, load_config
+from mplstm.training.data import ClipDataset
 from mplstm.training.train import lr_at
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -166,3 +170,22 @@ def test_learning_rate_warms_up_then_decays_along_a_cosine() -> None:
     assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
     assert lrs[55] == pytest.approx(0.55)  # halfway through the decay: mean of 1.0 and 0.1
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_a_failed_camera_in_the_training_data_is_masked_and_training_goes_on(
+    manifest: Path, tmp_path: Path
+) -> None:
+    """The one preprocessing path checks training clips too: a black camera is masked like a
+    dropped view, not learned from (and not a reason to stop a run)."""
+    plan = next(p for p in plan_clips(TINY) if p.split == "train")
+    broken = write_failed_clip(plan, TINY, {"left90": "black"}, tmp_path / "data")
+    records = [*read_manifest(manifest), broken]
+    data = write_manifest(records, tmp_path / "data" / "manifest.jsonl")
+    _train(data, tmp_path / "run", "--epochs", "1")
+    _, meta = load_model(tmp_path / "run" / "last.pt")
+    assert meta.preprocess.camera_checks and meta.preprocess.allow_missing_views
+    clip = ClipDataset([broken], meta.labels, meta.preprocess, None).clip(0)
+    assert [(f.view, f.reason) for f in clip.views_dropped] == [("left90", "black")]
+    assert clip.view_mask.tolist() == [True, False, True]
+    unchecked = dataclasses.replace(meta.preprocess, camera_checks=False)
+    assert ClipDataset([broken], meta.labels, unchecked, None).clip(0).view_mask.all()
