@@ -43,9 +43,10 @@ Source = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 # gray for one channel, the decoder's own (YUV) format for RGB. Colour conversion, which
 # costs more than the scaling, then runs only on the T frames a caller picks.
 _SCALED_FORMAT = {1: "gray", 3: None}
-# Planar formats give the model's [C, H, W] layout without a transpose.
-_FINAL_FORMAT = {1: "gray", 3: "gbrp"}
-_RGB_FROM_GBR = (2, 0, 1)
+# RGB as packed rgb24, transposed to [C, H, W]: swscale's planar gbrp output leaves
+# columns past the last multiple of its SIMD width unwritten at some widths (24, 88, ...),
+# so the same frame gave different pixels from call to call.
+_FINAL_FORMAT = {1: "gray", 3: "rgb24"}
 # Area averaging: the usual case is a large frame shrunk to a small model input.
 _INTERPOLATION = Interpolation.AREA
 _MIB = 2**20
@@ -69,20 +70,17 @@ class DecodedView:
         out = np.empty((len(picked), channels, height, width), np.uint8)
         scaler = _Scaler(self.shape, _FINAL_FORMAT[channels])
         for k, frame in enumerate(picked):
-            planes = _cropped_planes(scaler(frame), height, width)
-            out[k] = planes if channels == 1 else [planes[i] for i in _RGB_FROM_GBR]
+            out[k] = _cropped(scaler(frame), channels, height, width)
         return out
 
 
-def _cropped_planes(frame: av.VideoFrame, height: int, width: int) -> list[np.ndarray]:
-    """Views of the frame's planes (rows padded to line_size), centre-cropped to height x width."""
+def _cropped(frame: av.VideoFrame, channels: int, height: int, width: int) -> np.ndarray:
+    """The frame's pixels [C, H, W], centre-cropped (a view where it can be)."""
     top, left = (frame.height - height) // 2, (frame.width - width) // 2
-    return [
-        np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[
-            top : top + height, left : left + width
-        ]
-        for plane in frame.planes
-    ]
+    plane = frame.planes[0]  # gray or packed rgb24: one plane, rows padded to line_size
+    rows = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
+    pixels = rows[:, : frame.width * channels].reshape(frame.height, frame.width, channels)
+    return pixels[top : top + height, left : left + width].transpose(2, 0, 1)
 
 
 def decode_view(

@@ -89,6 +89,21 @@ def test_rgb_frames_keep_channel_order_and_are_centre_cropped_to_aspect(tmp_path
     assert frame[0, 16, :4].min() > 200 and frame[1, 16, 7:14].min() > 200
 
 
+@pytest.mark.parametrize("size", [20, 24, 40, 88])
+def test_rgb_frames_at_widths_off_the_simd_width_are_every_pixel_the_source(tmp_path, size):
+    # 88x88 is the lip-reading crop. Planar gbrp output left the columns past the last
+    # multiple of swscale's SIMD width unwritten there: different pixels call to call.
+    rng = np.random.default_rng(size)
+    image = np.repeat(np.repeat(rng.integers(0, 256, (8, 8, 3), np.uint8), 16, 0), 16, 1)
+    path = write_video(tmp_path / "rgb.mkv", np.stack([image] * 3), 25)
+    first = decode_view(path, height=size, width=size, channels=3).take()
+    again = decode_view(path, height=size, width=size, channels=3).take()
+    np.testing.assert_array_equal(first, again)
+    # The last columns are the source's last block of colour, not leftovers.
+    last = image[64, -1].astype(int)
+    np.testing.assert_allclose(first[0, :, size // 2, -1], last, atol=48)
+
+
 def _pipe_reader(data: bytes) -> io.BufferedReader:
     """A real non-seekable file object (an OS pipe) that yields `data`."""
     read_fd, write_fd = os.pipe()
