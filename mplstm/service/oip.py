@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 from typing import Any
 
 import numpy as np
@@ -98,22 +99,31 @@ def tensor_metadata(spec: TensorSpec) -> TensorMetadata:
     )
 
 
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+
 def parse_infer_request(
-    body: bytes, header_length: str | None
+    body: Buffer, header_length: str | None
 ) -> tuple[InferRequest, dict[str, np.ndarray]]:
-    """The request header and its input tensors by name; BadTensorError on anything malformed."""
+    """The request header and its input tensors by name; BadTensorError on anything malformed.
+
+    Binary tensors are views of `body` (no copy), so `body` must outlive them; JSON
+    values are strict (`json_values`).
+    """
+    view = memoryview(body)
     if header_length is None:
-        header, binary = body, b""
+        header: bytes | bytearray = body if isinstance(body, bytes | bytearray) else bytes(view)
+        binary = view[len(view) :]
     else:
         try:
             size = int(header_length)
         except ValueError:
             size = -1
-        if not 0 <= size <= len(body):
+        if not 0 <= size <= len(view):
             raise BadTensorError(
-                f"{HEADER_LENGTH} {header_length!r} does not fit a body of {len(body)} bytes"
+                f"{HEADER_LENGTH} {header_length!r} does not fit a body of {len(view)} bytes"
             )
-        header, binary = body[:size], body[size:]
+        header, binary = bytes(view[:size]), view[size:]
     try:
         request = InferRequest.model_validate_json(header)
     except ValidationError as exc:
@@ -146,7 +156,7 @@ def parse_infer_request(
             values = np.frombuffer(binary, dtype, count, offset)
             offset += size
         elif tensor.data is not None:
-            values = _json_values(tensor, dtype, count)
+            values = json_values(tensor, dtype, count)
         else:
             raise BadTensorError(f"input {tensor.name!r} has neither data nor binary_data_size")
         arrays[tensor.name] = values.reshape(tensor.shape)
@@ -155,18 +165,51 @@ def parse_infer_request(
     return request, arrays
 
 
-def _json_values(tensor: RequestInput, dtype: np.dtype, count: int) -> np.ndarray:
-    try:
-        values = np.asarray(tensor.data, dtype=dtype).reshape(-1)
-    except (ValueError, TypeError, OverflowError) as exc:
+# The JSON value types each kind of datatype takes: a bool is no integer, a string no number.
+_JSON_TYPES: dict[str, tuple[frozenset[type], str]] = {
+    "b": (frozenset({bool}), "true or false"),
+    "i": (frozenset({int}), "integers"),
+    "u": (frozenset({int}), "integers"),
+    "f": (frozenset({int, float}), "numbers"),
+}
+
+
+def json_values(tensor: RequestInput, dtype: np.dtype, count: int) -> np.ndarray:
+    """A JSON tensor's values as `dtype`, strictly: no rounding, wrapping, parsing or truthiness.
+
+    `1.5` or `"7"` for an integer datatype, a value out of its range, a string or a number
+    for BOOL, and ragged nesting are BadTensorError, never silently converted.
+    """
+    items = tensor.data or []
+    if items and isinstance(items[0], list):  # nested rows: numpy checks the nesting is regular
+        items = np.asarray(items, dtype=object).reshape(-1).tolist()
+    allowed, what = _JSON_TYPES[dtype.kind]
+    found = set(map(type, items))
+    if not found <= allowed:
+        wrong = ", ".join(sorted(t.__name__ for t in found - allowed))
         raise BadTensorError(
-            f"input {tensor.name!r}: data is not {tensor.datatype}: {exc}"
-        ) from None
-    if values.size != count:
-        raise BadTensorError(
-            f"input {tensor.name!r}: {values.size} values for shape {tensor.shape} ({count})"
+            f"input {tensor.name!r}: {tensor.datatype} data must be {what} (flat, or nested "
+            f"lists of equal length), got {wrong}"
         )
-    return values
+    if len(items) != count:
+        raise BadTensorError(
+            f"input {tensor.name!r}: {len(items)} values for shape {tensor.shape} ({count})"
+        )
+    if dtype.kind in "iu" and items:
+        info = np.iinfo(dtype)
+        low, high = min(items), max(items)
+        if low < info.min or high > info.max:
+            raise BadTensorError(
+                f"input {tensor.name!r}: {tensor.datatype} values lie in "
+                f"[{info.min}, {info.max}], got {low if low < info.min else high}"
+            )
+    with np.errstate(over="raise"):
+        try:
+            return np.asarray(items, dtype=dtype)
+        except FloatingPointError:
+            raise BadTensorError(
+                f"input {tensor.name!r}: a value is out of the range of {tensor.datatype}"
+            ) from None
 
 
 def model_inputs(
