@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from mplstm.service.http_protocol import PROTOCOL
+
 _START_TIMEOUT_S = 90.0
 
 
@@ -47,7 +49,7 @@ class Server:
         else:
             args = [
                 sys.executable, "-m", "uvicorn", "--factory", "mplstm.service.app:app_from_env",
-                "--host", "127.0.0.1", "--port", str(self.port),
+                "--host", "127.0.0.1", "--port", str(self.port), "--http", PROTOCOL,
             ]  # fmt: skip
         with self.log_path.open("wb") as log:  # the child keeps its own copy of the handle
             self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -11,11 +11,15 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.requests import ClientDisconnect
 
 from mplstm import __version__
-from mplstm.service.errors import install_error_handlers
+from mplstm.service.bodies import BodyBudget, client_disconnected
+from mplstm.service.connections import GUARD_KEY, ConnectionGuard, HttpMetrics
+from mplstm.service.errors import ClientDisconnectedError, install_error_handlers
 from mplstm.service.limits import BodyLimitMiddleware
 from mplstm.service.logs import RequestIdMiddleware, configure_logging
 from mplstm.service.metrics import ServiceMetrics
@@ -34,16 +38,19 @@ def create_app(settings: Settings) -> FastAPI:
     api_keys = settings.load_api_keys()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         if not api_keys:
             log.warning(
                 "authentication is OFF: no MPLSTM_API_KEYS or MPLSTM_API_KEY_FILE; anyone who "
                 "can reach this port can use it"
             )
         metrics = ServiceMetrics()
+        http_metrics = HttpMetrics(metrics.registry)
+        guard = ConnectionGuard.start(settings, http_metrics)
         workers = await VideoWorkers.open(settings.decode_workers, settings.decode_limits())
         repository = ModelRepository(settings, metrics, workers)
-        app.state.services = Services(settings, repository, workers, metrics)
+        budget = BodyBudget(settings.max_inflight_bytes, http_metrics)
+        app.state.services = Services(settings, repository, workers, metrics, budget, http_metrics)
         await repository.load_all()
         # What start-up loaded lives as long as the process: frozen out of the cyclic
         # GC's sight, full collections stop walking it; they had paused every request in
@@ -51,7 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
         gc.freeze()
         log.info("listening; ready=%s", repository.ready)
         try:
-            yield
+            # The connection limits, for the HTTP protocol (http_protocol.py) of each connection.
+            yield {GUARD_KEY: guard}
         finally:
             log.info("shutting down: draining batchers")
             await repository.close()
@@ -67,6 +75,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.api_keys = api_keys
     install_error_handlers(app)
+    for disconnect in (ClientDisconnectedError, ClientDisconnect):
+        app.add_exception_handler(disconnect, client_disconnected)
     app.include_router(open_router)
     app.include_router(router)
     # Outermost last: request ids wrap everything, the body limit wraps the routes.

@@ -18,7 +18,6 @@ from mplstm import __version__
 from mplstm.service.auth import require_api_key
 from mplstm.service.errors import (
     ApiError,
-    ModelNotFoundError,
     ModelNotReadyError,
     UnsupportedMediaTypeError,
 )
@@ -182,23 +181,23 @@ async def describe_model(name: str, svc: ServicesDep) -> ModelSummary:
 async def _predict(
     request: Request, name: str, top_k: int, svc: Services, route: str
 ) -> PredictResponse:
-    with counted(svc, name, route):
-        model = svc.repository.get(name)
-        upload = await read_upload(request, svc.settings.max_parts)
-        try:
-            if "top_k" in upload.options:
-                top_k = _top_k(upload.options["top_k"])
-            return await predict_views(
-                model,
-                upload.views,
-                top_k=top_k,
-                request_id=request.state.request_id,
-                workers=svc.workers,
-                metrics=svc.metrics,
-                timeout_s=svc.settings.request_timeout_s,
-            )
-        finally:
-            await upload.close()
+    with counted(svc, name, route), svc.repository.serving(name) as model:
+        async with svc.budgeted(request) as request:
+            upload = await read_upload(request, svc.settings.max_parts)
+            try:
+                if "top_k" in upload.options:
+                    top_k = _top_k(upload.options["top_k"])
+                return await predict_views(
+                    model,
+                    upload.views,
+                    top_k=top_k,
+                    request_id=request.state.request_id,
+                    workers=svc.workers,
+                    metrics=svc.metrics,
+                    timeout_s=svc.settings.request_timeout_s,
+                )
+            finally:
+                await upload.close()
 
 
 def _top_k(value: str) -> int:
@@ -248,13 +247,6 @@ async def server_metadata() -> ServerMetadata:
     )
 
 
-def _model_at(svc: Services, name: str, version: str | None) -> LoadedModel:
-    model = svc.repository.get(name)
-    if version is not None and version != model.version:
-        raise ModelNotFoundError(f"model {name!r} serves version {model.version}, not {version!r}")
-    return model
-
-
 def _metadata(model: LoadedModel) -> ModelMetadata:
     return ModelMetadata(
         name=model.name,
@@ -268,41 +260,40 @@ def _metadata(model: LoadedModel) -> ModelMetadata:
 @router.get("/v2/models/{name}", response_model=ModelMetadata, tags=["v2"])
 async def model_metadata(name: str, svc: ServicesDep) -> ModelMetadata:
     """Inputs and outputs of a model (v2 metadata)."""
-    return _metadata(_model_at(svc, name, None))
+    return _metadata(svc.repository.get(name))
 
 
 @router.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, tags=["v2"])
 async def model_version_metadata(name: str, version: str, svc: ServicesDep) -> ModelMetadata:
     """Inputs and outputs of one version of a model."""
-    return _metadata(_model_at(svc, name, version))
+    return _metadata(svc.repository.get(name, version))
 
 
 @router.get("/v2/models/{name}/ready", response_model=ModelReady, tags=["v2"])
 async def model_ready(name: str, svc: ServicesDep) -> ModelReady:
     """200 when the model serves, 503 when it is known but not loaded, 404 when unknown."""
-    return ModelReady(name=_model_at(svc, name, None).name, ready=True)
+    return ModelReady(name=svc.repository.get(name).name, ready=True)
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready", response_model=ModelReady, tags=["v2"])
 async def model_version_ready(name: str, version: str, svc: ServicesDep) -> ModelReady:
     """Readiness of one version."""
-    return ModelReady(name=_model_at(svc, name, version).name, ready=True)
+    return ModelReady(name=svc.repository.get(name, version).name, ready=True)
 
 
 async def _infer(request: Request, name: str, version: str | None, svc: Services) -> Response:
-    with counted(svc, name, "v2_infer"):
-        model = _model_at(svc, name, version)
+    with counted(svc, name, "v2_infer"), svc.repository.serving(name, version) as model:
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
             raise UnsupportedMediaTypeError(
                 f"Content-Encoding {encoding!r} is not supported; send it uncompressed"
             )
-        body = await request.body()
-        infer_request, arrays = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-        clip, mask = model_inputs(arrays, model.manifest)
-        result = await infer_tensors(
-            model, clip, mask, metrics=svc.metrics, timeout_s=svc.settings.request_timeout_s
-        )
+        async with svc.infer_body(request) as body:
+            infer_request, arrays = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+            clip, mask = model_inputs(arrays, model.manifest)
+            result = await infer_tensors(
+                model, clip, mask, metrics=svc.metrics, timeout_s=svc.settings.request_timeout_s
+            )
         outputs = {"logits": result.logits, "probabilities": result.probabilities}
         names = requested_outputs(infer_request, list(outputs))
         response = InferResponse(

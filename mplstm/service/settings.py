@@ -72,6 +72,26 @@ class Settings(InferenceSettings):
     workers: int = Field(1, gt=0, le=64)
     # On SIGTERM: stop accepting, then wait this long for in-flight requests.
     graceful_shutdown_s: float = Field(30.0, ge=0)
+    # -- Clients (docs/service.md, "Limits and hostile clients"). Open connections per
+    # process, kept below the open-file limit (raised to its hard limit at start).
+    max_connections: int = Field(4096, gt=0)
+    # Request line and headers together, and the header count: nginx's 4 x 8 KiB, Apache's 100.
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=_MIB)
+    max_headers: int = Field(100, gt=0, le=10_000)
+    # The request head must arrive within this of its first byte (or of the connection).
+    header_timeout_s: float = Field(10.0, gt=0)
+    # The body must arrive within this once the route reads it, and on average at least
+    # min_upload_bytes_per_s fast after its first seconds; time the server does not read
+    # (it waits for memory, or the route answered) does not count.
+    upload_timeout_s: float = Field(60.0, gt=0)
+    min_upload_bytes_per_s: int = Field(1024, ge=0)
+    # An idle keep-alive connection is closed after this.
+    keepalive_timeout_s: float = Field(5.0, gt=0)
+    # A /v2 JSON body, or the JSON header of a binary one: parsed on the event loop.
+    max_json_bytes: int = Field(8 * _MIB, gt=0)
+    # Request bodies held by requests in flight, all together: the next one waits (up to
+    # request_timeout_s) for room, then 503 server_busy.
+    max_inflight_bytes: int = Field(512 * _MIB, gt=0)
 
     @field_validator("video_inference", mode="before")
     @classmethod
