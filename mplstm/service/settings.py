@@ -102,8 +102,17 @@ class Settings(InferenceSettings):
         return value
 
     def load_api_keys(self) -> frozenset[str]:
-        """Keys from `MPLSTM_API_KEYS` and `MPLSTM_API_KEY_FILE` (blank lines and # comments skipped)."""
+        """Keys from `MPLSTM_API_KEYS` and `MPLSTM_API_KEY_FILE` (blank lines and # comments skipped).
+
+        Fails closed: a variable that is set but yields no key (`" , "`, a file of comments)
+        is a SettingsError naming it, never "auth off". Only both unset (or empty) is.
+        """
         keys = {k.strip() for k in self.api_keys.split(",") if k.strip()}
+        if self.api_keys and not keys:
+            raise SettingsError(
+                f"{ENV_PREFIX}API_KEYS is set but holds no key ({self.api_keys!r}); "
+                "give comma-separated keys, or unset it to run without authentication"
+            )
         if self.api_key_file is not None:
             try:
                 lines = self.api_key_file.read_text().splitlines()
@@ -111,7 +120,14 @@ class Settings(InferenceSettings):
                 raise SettingsError(
                     f"{ENV_PREFIX}API_KEY_FILE: cannot read {self.api_key_file} ({exc})"
                 ) from exc
-            keys |= {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
+            in_file = {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
+            if not in_file:
+                raise SettingsError(
+                    f"{ENV_PREFIX}API_KEY_FILE: {self.api_key_file} holds no key (only blank "
+                    "lines or # comments); put one key per line, or unset the variable to run "
+                    "without authentication"
+                )
+            keys |= in_file
         return frozenset(keys)
 
     def check(self) -> None:
