@@ -1,15 +1,20 @@
 """Request bodies in bounded memory: a server-wide budget, and /v2 bodies read into one buffer.
 
 Every request that holds its body in memory (the /v2 tensors; a /v1 upload, read whole
-when a decode worker takes it) first takes its declared size from a budget of
-`MPLSTM_MAX_INFLIGHT_BYTES` (a chunked body takes it as it arrives). When the budget is
-spent the next request waits, first come first served, up to the request deadline, and
-then gets 503 `server_busy`: memory stays bounded however many clients upload at once.
+when a decode worker takes it) holds its size from a budget of
+`MPLSTM_MAX_INFLIGHT_BYTES` until it is answered. The first 64 KiB of a body come
+without it (uvicorn buffers as much per connection anyway), so a client that declares a
+large body and then trickles it holds nothing; past them, the request holds its declared
+size (a chunked body: what has come). When the budget is spent, the next request waits
+for room, first come first served, up to the request deadline, and then gets 503
+`server_busy`: memory stays bounded however many clients upload at once, and an
+admitted body is never starved of the room to finish.
 
-A /v2 body is streamed into one buffer of its declared size (anonymous memory the
-kernel takes back when it is freed, for a large binary body), and its binary tensors
-are read in place (`oip.parse_infer_request` takes a buffer): one copy of the body, not
-the three of reading chunks, joining them and slicing off the tensor part.
+A /v2 body is read into one buffer (a binary body past 64 KiB, into an anonymous
+mapping of its declared size, taken once the budget holds it and given back to the
+kernel when freed), and its binary tensors are read in place (`oip.parse_infer_request`
+takes a buffer): one copy of the body, not the three of reading chunks, joining them and
+slicing off the tensor part.
 
 A client that goes away while the body arrives is not a server error: the route raises
 `ClientDisconnectedError`, answered (to nobody) without a traceback and counted in
@@ -35,9 +40,9 @@ from mplstm.service.errors import BodyTooLargeError, ClientDisconnectedError, Se
 from mplstm.service.limits import declared_length
 from mplstm.service.oip import HEADER_LENGTH
 
-# A binary body at least this large goes to its own anonymous mapping (released to the
-# kernel when freed) rather than the allocator's heap, which may keep it.
-_MAPPED_FROM = 2**20
+# The first bytes of every body come without the budget: uvicorn buffers this much per
+# connection anyway, and a client that stalls before it holds no room.
+FREE_BYTES = 64 * 1024
 _JSON_HINT = (
     " (MPLSTM_MAX_JSON_BYTES, for JSON): send larger tensors as binary tensors "
     "(tritonclient: binary_data=True)"
@@ -59,21 +64,29 @@ class BodyBudget:
         return self._used
 
     @asynccontextmanager
-    async def hold(self, nbytes: int, *, timeout_s: float) -> AsyncIterator[Hold]:
-        """Hold `nbytes` (more with `Hold.grow`) until the block ends; 503 if no room in time."""
-        hold = Hold(self, asyncio.get_running_loop().time() + timeout_s)
+    async def hold(self, declared: int | None, *, timeout_s: float) -> AsyncIterator[Hold]:
+        """The budget of one body of `declared` bytes (None: chunked) until the block ends.
+
+        413 at once for a declared body that could never fit; waiting for room happens as
+        the body arrives (`Hold.arrived`), with `timeout_s` to get it.
+        """
+        if declared is not None and declared > self.capacity:
+            raise self._never_fits(declared)
+        hold = Hold(self, declared, asyncio.get_running_loop().time() + timeout_s)
         try:
-            await hold.grow(nbytes)
             yield hold
         finally:
             self._release(hold.size)
 
+    def _never_fits(self, nbytes: int) -> BodyTooLargeError:
+        return BodyTooLargeError(
+            f"a request body of {nbytes} bytes can never fit MPLSTM_MAX_INFLIGHT_BYTES "
+            f"({self.capacity})"
+        )
+
     async def _acquire(self, nbytes: int, deadline: float) -> None:
         if nbytes > self.capacity:
-            raise BodyTooLargeError(
-                f"a request body of {nbytes} bytes can never fit MPLSTM_MAX_INFLIGHT_BYTES "
-                f"({self.capacity})"
-            )
+            raise self._never_fits(nbytes)
         if not self._waiters and self._used + nbytes <= self.capacity:
             self._take(nbytes)
             return
@@ -122,18 +135,48 @@ class BodyBudget:
 
 
 class Hold:
-    """The bytes one request holds of a `BodyBudget`."""
+    """The part of a `BodyBudget` one request's body holds."""
 
-    def __init__(self, budget: BodyBudget, deadline: float) -> None:
+    def __init__(self, budget: BodyBudget, declared: int | None, deadline: float) -> None:
         self._budget = budget
+        self._declared = declared
         self._deadline = deadline
         self.size = 0
 
-    async def grow(self, nbytes: int) -> None:
-        """Hold `nbytes` more, waiting (until the request's deadline) for room."""
-        if nbytes > 0:
-            await self._budget._acquire(nbytes, self._deadline)
-            self.size += nbytes
+    async def arrived(self, received: int) -> None:
+        """`received` bytes of the body have come: past FREE_BYTES, hold its whole size.
+
+        Waits (until the request's deadline) for room; the declared size at once, so an
+        admitted body is never stuck half-way for want of room; a chunked one, what came.
+        """
+        if received <= FREE_BYTES:
+            return
+        want = max(received, self._declared or 0)
+        if want > self.size:
+            await self._budget._acquire(want - self.size, self._deadline)
+            self.size = want
+
+
+class _BodyBuffer:
+    """A body's bytes as they come: a bytearray, or, once the budget holds a large binary
+    body, an anonymous mapping of its declared size (the kernel's again when freed)."""
+
+    def __init__(self, mapped_size: int | None) -> None:
+        self._mapped_size = mapped_size
+        self.data: bytearray | mmap.mmap = bytearray()
+        self.filled = 0
+
+    def add(self, chunk: bytes, held: bool) -> None:
+        end = self.filled + len(chunk)
+        if held and self._mapped_size is not None and isinstance(self.data, bytearray):
+            mapped = mmap.mmap(-1, self._mapped_size)
+            mapped[: self.filled] = self.data
+            self.data = mapped
+        if isinstance(self.data, mmap.mmap):
+            self.data[self.filled : end] = chunk
+        else:
+            self.data += chunk
+        self.filled = end
 
 
 @dataclass(frozen=True)
@@ -158,17 +201,16 @@ def disconnected(scope: MutableMapping[str, Any]) -> ClientDisconnectedError:
 async def budgeted(
     request: Request, budget: BodyBudget, *, timeout_s: float
 ) -> AsyncIterator[Request]:
-    """`request` with its body held against `budget` until the block ends (the /v1 route)."""
-    declared = declared_length(request.scope)
-    async with budget.hold(declared or 0, timeout_s=timeout_s) as hold:
-        if declared is not None:
-            yield request
-            return
+    """`request` with its body held against `budget` as it arrives, until the block ends (/v1)."""
+    async with budget.hold(declared_length(request.scope), timeout_s=timeout_s) as hold:
+        received = 0
 
         async def receive() -> Message:
+            nonlocal received
             message = await request.receive()
             if message["type"] == "http.request":
-                await hold.grow(len(message.get("body", b"")))
+                received += len(message.get("body", b""))
+                await hold.arrived(received)
             return message
 
         yield Request(request.scope, receive)
@@ -182,29 +224,20 @@ async def infer_body(
     declared = declared_length(request.scope)
     header_length = request.headers.get(HEADER_LENGTH)
     limit = _body_limit(declared, header_length, limits)
-    async with budget.hold(declared or 0, timeout_s=timeout_s) as hold:
-        buffer: bytearray | mmap.mmap
-        if declared is None:
-            buffer = bytearray()
-        elif header_length is not None and declared >= _MAPPED_FROM:
-            buffer = mmap.mmap(-1, declared)
-        else:
-            buffer = bytearray(declared)
-        filled = 0
+    async with budget.hold(declared, timeout_s=timeout_s) as hold:
+        # JSON must be a bytearray for the parser; binary tensors are read from a mapping.
+        binary = header_length is not None and declared is not None and declared > FREE_BYTES
+        body = _BodyBuffer(declared if binary else None)
         try:
             async for chunk in request.stream():
-                end = filled + len(chunk)
+                end = body.filled + len(chunk)
                 if end > limit:
                     raise _too_large("the request body", limit, header_length is None)
-                if declared is None:
-                    await hold.grow(len(chunk))
-                    buffer += chunk  # type: ignore[operator]
-                else:
-                    buffer[filled:end] = chunk
-                filled = end
+                await hold.arrived(end)
+                body.add(chunk, held=hold.size > 0)
         except ClientDisconnect:
             raise disconnected(request.scope) from None
-        yield buffer
+        yield body.data
 
 
 def _body_limit(declared: int | None, header_length: str | None, limits: BodyLimits) -> int:

@@ -46,6 +46,7 @@ from mplstm.service.connections import (
     Refusal,
 )
 from mplstm.service.errors import error_body
+from mplstm.service.limits import content_length
 
 # What `mplstm serve` passes to uvicorn as `http=`.
 PROTOCOL = "mplstm.service.http_protocol:ServiceHttpProtocol"
@@ -132,6 +133,7 @@ class ServiceHttpProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._timer: asyncio.TimerHandle | None = None  # head deadline, upload check, linger
         self._body_bytes = 0  # of the request whose body is arriving
+        self._body_declared = 0  # its Content-Length (0: none, or chunked)
         self._lingering = False
         self._counted = False
 
@@ -245,6 +247,7 @@ class ServiceHttpProtocol(HttpToolsProtocol):
         self._cancel_timer()
         super().on_headers_complete()
         self._body_bytes = 0
+        self._body_declared = content_length(self.headers) or 0
         self.flow.new_body()
         self._arm(UPLOAD_CHECK_S, self._check_upload)
 
@@ -286,17 +289,27 @@ class ServiceHttpProtocol(HttpToolsProtocol):
                     f"({received} bytes came)",
                 )
             )
-        elif seconds >= UPLOAD_RATE_GRACE_S and received < limits.min_upload_bytes_per_s * seconds:
-            self._refuse(
-                Refusal(
-                    408,
-                    "upload_too_slow",
-                    f"the request body arrives at {received / seconds:.0f} bytes/s, under the "
-                    f"minimum of {limits.min_upload_bytes_per_s} bytes/s",
-                )
-            )
-        else:
+            return
+        # The minimum rate, or the pace that brings the declared body in before the
+        # deadline: a client may not hold the room of a large body while trickling it.
+        pace = self._body_declared / limits.upload_timeout_s
+        rate = max(limits.min_upload_bytes_per_s, pace)
+        if seconds < UPLOAD_RATE_GRACE_S or received >= rate * (seconds - UPLOAD_RATE_GRACE_S):
             self._arm(UPLOAD_CHECK_S, self._check_upload)
+            return
+        why = (
+            f"at that pace its {self._body_declared} bytes would not arrive within "
+            f"{limits.upload_timeout_s:g} s"
+            if pace > limits.min_upload_bytes_per_s
+            else f"under the minimum of {limits.min_upload_bytes_per_s} bytes/s"
+        )
+        self._refuse(
+            Refusal(
+                408,
+                "upload_too_slow",
+                f"the request body arrives at {received / seconds:.0f} bytes/s, {why}",
+            )
+        )
 
     # -- refusing ---------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -77,7 +77,12 @@ class BodyLimitMiddleware:
 
 def declared_length(scope: MutableMapping[str, Any]) -> int | None:
     """The request's Content-Length, or None (chunked, or not a number)."""
-    for key, value in scope.get("headers", ()):
+    return content_length(scope.get("headers", ()))
+
+
+def content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The Content-Length among raw (lower-case) headers, or None."""
+    for key, value in headers:
         if key == b"content-length":
             try:
                 return int(value)

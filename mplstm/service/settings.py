@@ -80,9 +80,9 @@ class Settings(InferenceSettings):
     max_headers: int = Field(100, gt=0, le=10_000)
     # The request head must arrive within this of its first byte (or of the connection).
     header_timeout_s: float = Field(10.0, gt=0)
-    # The body must arrive within this once the route reads it, and on average at least
-    # min_upload_bytes_per_s fast after its first seconds; time the server does not read
-    # (it waits for memory, or the route answered) does not count.
+    # The body must arrive within this once the route reads it and, after its first 5 s,
+    # on average at least min_upload_bytes_per_s fast, and fast enough for its declared
+    # size to arrive within upload_timeout_s; time the server does not read does not count.
     upload_timeout_s: float = Field(60.0, gt=0)
     min_upload_bytes_per_s: int = Field(1024, ge=0)
     # An idle keep-alive connection is closed after this.

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 ANSWER_TIMEOUT_S = 30.0
 
@@ -140,3 +143,35 @@ def metric(text: str, name: str, **labels: str) -> float:
         if got == want:
             return float(match.group(2))
     return 0.0
+
+
+def wait_for_metric(url: str, name: str, value: float) -> None:
+    """Wait (30 s at most) until the server at `url` reports `value` for metric `name`."""
+    deadline = time.monotonic() + 30
+    while (now := metric(httpx.get(f"{url}/metrics").text, name)) != value:
+        assert time.monotonic() < deadline, f"{name} is {now}, never {value}"
+        time.sleep(0.05)
+
+
+def binary_infer_body(size: int) -> tuple[bytes, dict[str, str]]:
+    """A binary /v2 body of `size` bytes whose tensor fits no model (400 once read whole)."""
+    count = size - 256
+    tensor = {
+        "name": "clip",
+        "shape": [count],
+        "datatype": "UINT8",
+        "parameters": {"binary_data_size": count},
+    }
+    head = json.dumps({"inputs": [tensor]}).encode().ljust(256)
+    return head + bytes(count), {"Inference-Header-Content-Length": "256"}
+
+
+def stalled_upload(url: str, port: int, path: str, size: int) -> tuple[RawClient, bytes]:
+    """A binary /v2 upload of `size` bytes, stalled once its route holds its room in the body
+    budget (past the first 64 KiB); returns the client and the bytes not sent yet."""
+    body, headers = binary_infer_body(size)
+    client = RawClient(port)
+    sent = 100 * 1024
+    client.send(request_head("POST", path, headers, length=len(body)) + body[:sent])
+    wait_for_metric(url, "mplstm_http_body_bytes_in_flight", len(body))
+    return client, body[sent:]

@@ -9,7 +9,6 @@ smaller limit; a client that goes away is a 499 line in the log and a count in
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 from live_server import Server
-from raw_http import RawClient, metric, request_head
+from raw_http import (
+    RawClient,
+    binary_infer_body,
+    metric,
+    request_head,
+    stalled_upload,
+    wait_for_metric,
+)
 from service_helpers import DROPOUT_MODEL, mplstm_serve
 
 MIB = 2**20
@@ -41,72 +47,39 @@ def bodies(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
         yield server
 
 
-def _binary_body(size: int) -> tuple[bytes, dict[str, str]]:
-    """A binary /v2 body of `size` bytes whose tensor fits no model (400 once read)."""
-    count = size - 256
-    header = {
-        "inputs": [
-            {
-                "name": "clip",
-                "shape": [count],
-                "datatype": "UINT8",
-                "parameters": {"binary_data_size": count},
-            }
-        ]
-    }
-    head = json.dumps(header).encode().ljust(256)
-    return head + bytes(count), {"Inference-Header-Content-Length": "256"}
-
-
 def _metrics(server: Server) -> str:
     return httpx.get(f"{server.url}/metrics").text
 
 
-def _wait_for_metric(server: Server, name: str, value: float) -> None:
-    deadline = time.monotonic() + 30
-    while metric(_metrics(server), name) != value:
-        assert time.monotonic() < deadline, f"{name} never reached {value}:\n{_metrics(server)}"
-        time.sleep(0.05)
-
-
-def _stalled_upload(server: Server, size: int) -> tuple[RawClient, bytes]:
-    """A /v2 upload of `size` bytes, its head and a first KiB sent; the rest is returned."""
-    body, headers = _binary_body(size)
-    client = RawClient(server.port)
-    client.send(request_head("POST", INFER, headers, length=len(body)) + body[:1024])
-    _wait_for_metric(server, "mplstm_http_body_bytes_in_flight", len(body))
-    return client, body[1024:]
-
-
 def test_a_request_waits_for_room_in_the_budget_then_is_served(bodies: Server) -> None:
-    holder, rest = _stalled_upload(bodies, 10 * MIB)
-    body, headers = _binary_body(10 * MIB)
+    holder, rest = stalled_upload(bodies.url, bodies.port, INFER, 10 * MIB)
+    body, headers = binary_infer_body(10 * MIB)
     with holder, ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(httpx.post, bodies.url + INFER, content=body, headers=headers)
-        _wait_for_metric(bodies, "mplstm_http_body_waiting", 1)
+        wait_for_metric(bodies.url, "mplstm_http_body_waiting", 1)
         holder.send(rest)
         assert holder.response().status == 400  # read whole, then refused as no clip
         answer = waiting.result(timeout=60)
     # It waited, then its whole body was read and checked (no 503).
     assert (answer.status_code, answer.json()["error"]) == (400, "bad_tensor"), answer.text
-    _wait_for_metric(bodies, "mplstm_http_body_bytes_in_flight", 0)
+    wait_for_metric(bodies.url, "mplstm_http_body_bytes_in_flight", 0)
 
 
 def test_a_request_that_finds_no_room_in_time_is_503_server_busy(bodies: Server) -> None:
-    holder, _ = _stalled_upload(bodies, 10 * MIB)
-    body, headers = _binary_body(10 * MIB)
+    holder, _ = stalled_upload(bodies.url, bodies.port, INFER, 10 * MIB)
+    body, headers = binary_infer_body(10 * MIB)
     with holder:
         answer = httpx.post(bodies.url + INFER, content=body, headers=headers, timeout=60)
         assert (answer.status_code, answer.json()["error"]) == (503, "server_busy")
         assert int(answer.headers["retry-after"]) >= 1
     # The holder left: its room comes back, and the next request is served.
-    _wait_for_metric(bodies, "mplstm_http_body_bytes_in_flight", 0)
+    wait_for_metric(bodies.url, "mplstm_http_body_bytes_in_flight", 0)
     answer = httpx.post(bodies.url + INFER, content=body, headers=headers, timeout=60)
     assert answer.status_code == 400
 
 
 def test_a_body_larger_than_the_whole_budget_is_413_before_it_is_read(bodies: Server) -> None:
-    body, headers = _binary_body(BUDGET + 1024)
+    body, headers = binary_infer_body(BUDGET + 1024)
     with RawClient(bodies.port) as client:
         client.send(request_head("POST", INFER, headers, length=len(body)))  # no body sent
         answer = client.response()
@@ -147,7 +120,7 @@ def _vm_kib(pid: int, field: str) -> int:
 def test_many_concurrent_large_bodies_stay_within_the_budget_in_memory(bodies: Server) -> None:
     assert bodies.process is not None
     pid, count, size = bodies.process.pid, 12, 8 * MIB
-    body, headers = _binary_body(size)
+    body, headers = binary_infer_body(size)
     httpx.post(bodies.url + INFER, content=body, headers=headers, timeout=60)  # warm allocator
     before = _vm_kib(pid, "VmRSS")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM, the peak RSS
@@ -174,16 +147,18 @@ def test_a_client_that_leaves_mid_upload_is_one_499_line_and_a_count(
     if route == "v1":
         path, headers = "/v1/predict", {"Content-Type": "multipart/form-data; boundary=x"}
         start = b'--x\r\nContent-Disposition: form-data; name="front"; filename="a.mp4"\r\n\r\n'
+        start += bytes(100 * 1024)
     else:
-        path, headers = INFER, {}
-        start = b'{"inputs": [{"name": "clip", "shape": [100000], "datatype": "UINT8", "data": ['
+        path = INFER
+        start, headers = binary_infer_body(200_000)
+        start = start[: 100 * 1024]
     for _ in range(3):
         with RawClient(bodies.port) as client:
-            client.send(request_head("POST", path, headers, length=60_000) + start)
+            client.send(request_head("POST", path, headers, length=200_000) + start)
             # The route holds the body's room: it is reading the upload when the client leaves.
-            _wait_for_metric(bodies, "mplstm_http_body_bytes_in_flight", 60_000)
-        _wait_for_metric(bodies, "mplstm_http_body_bytes_in_flight", 0)
-    _wait_for_metric(bodies, name, before + 3)
+            wait_for_metric(bodies.url, "mplstm_http_body_bytes_in_flight", 200_000)
+        wait_for_metric(bodies.url, "mplstm_http_body_bytes_in_flight", 0)
+    wait_for_metric(bodies.url, name, before + 3)
     log = bodies.log()
     assert log.count(f"POST {path} 499") >= 3
     assert "Traceback" not in log and "Exception in ASGI application" not in log

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from live_server import Server
-from raw_http import RawClient, metric, request_head
+from raw_http import RawClient, RawResponse, metric, request_head
 from service_helpers import DROPOUT_MODEL, VIEWS, mplstm_serve
 
 HEADER_BYTES, HEADERS = 4096, 20
@@ -124,19 +124,35 @@ def test_a_body_slower_than_the_minimum_rate_is_408_upload_too_slow(guarded: Ser
         assert client.closed_by_server()
 
 
+def _send_at(client: RawClient, body: bytes, chunk: int) -> RawResponse:
+    """Send `body` in `chunk`s every half second until the server answers; its answer."""
+    for start in range(0, len(body), chunk):
+        client.send(body[start : start + chunk])
+        if client.readable(0.5):
+            break
+    return client.response()
+
+
 def test_a_body_that_does_not_finish_in_time_is_408_upload_timeout(guarded: Server) -> None:
-    body, headers = _tensor_body(batch=4)
-    chunk = 2048  # 4 KiB/s: above the minimum rate, but 196 KiB take far longer than 7 s
+    body, headers = _tensor_body(batch=4)  # 196 KiB
     with RawClient(guarded.port) as client:
         path = f"/v2/models/{DROPOUT_MODEL}/infer"
         client.send(request_head("POST", path, headers, length=len(body)))
-        for start in range(0, len(body), chunk):
-            client.send(body[start : start + chunk])
-            if client.readable(0.5):
-                break
-        answer = client.response()
+        # 16 KiB/s: on a pace to finish in about 12 s, past the 7 s deadline.
+        answer = _send_at(client, body, 8192)
         assert (answer.status, answer.json()["error"]) == (408, "upload_timeout")
         assert client.closed_by_server()
+
+
+def test_a_large_body_trickled_cannot_hold_its_room_until_the_deadline(guarded: Server) -> None:
+    body, headers = _tensor_body(batch=4)
+    with RawClient(guarded.port) as client:
+        path = f"/v2/models/{DROPOUT_MODEL}/infer"
+        client.send(request_head("POST", path, headers, length=len(body)))
+        # 4 KiB/s: above the minimum rate, far below the pace its size needs.
+        answer = _send_at(client, body, 2048)
+        assert (answer.status, answer.json()["error"]) == (408, "upload_too_slow")
+        assert "would not arrive within 7 s" in answer.json()["detail"]
 
 
 def test_an_idle_keep_alive_connection_is_closed(guarded: Server) -> None:
