@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -55,6 +54,7 @@ from bench.serve import (
     http_get,
     model_repository,
     running,
+    session_cpu_s,
     tensor_inputs,
 )
 from mplstm.core.package import load_package
@@ -169,6 +169,7 @@ class Latency:
     alone: LoadResult
     beside: LoadResult
     slow_open: tuple[int, int]  # fewest and most slow connections open (client side)
+    cpu: tuple[float, float]  # the server's CPU (all processes), cores busy: alone, beside
     server_connections: tuple[float, float]  # the server's gauge at window start/end (or nan)
     refused: dict[str, float]  # the server's refusals by reason during the slow rounds
 
@@ -194,18 +195,32 @@ def _metrics(base: str) -> dict[str, float]:
     return out
 
 
+def _timed_load(
+    url: str, payloads: Sequence[Payload], session: int, seconds: float
+) -> tuple[LoadResult, float, float]:
+    """One round of the normal client; with the server's CPU seconds and the wall seconds."""
+    cpu, wall = session_cpu_s(session), time.perf_counter()
+    load = run_load(url, payloads, concurrency=1, duration_s=seconds)
+    return load, session_cpu_s(session) - cpu, time.perf_counter() - wall
+
+
 def measure_latency(
-    server: Server, payloads: Sequence[Payload], route: str, model: str, args: argparse.Namespace
+    server: Server, session: int, payloads: Sequence[Payload], model: str, args: argparse.Namespace
 ) -> Latency:
-    url = server.base + route
+    url = f"{server.base}/v2/models/{model}/infer"
     alone, beside, opened_range, gauges = [], [], [], []
+    cpu = {"alone": [0.0, 0.0], "beside": [0.0, 0.0]}
     refused: Counter[str] = Counter()
     for r in range(args.rounds):
-        alone.append(run_load(url, payloads, concurrency=1, duration_s=args.duration))
+        load, used, wall = _timed_load(url, payloads, session, args.duration)
+        alone.append(load)
+        cpu["alone"] = [cpu["alone"][0] + used, cpu["alone"][1] + wall]
         with slow_connections(server.port, args.slow, model) as opened:
             before = _metrics(server.base) if server.metrics else {}
             low = opened.value
-            beside.append(run_load(url, payloads, concurrency=1, duration_s=args.duration))
+            load, used, wall = _timed_load(url, payloads, session, args.duration)
+            beside.append(load)
+            cpu["beside"] = [cpu["beside"][0] + used, cpu["beside"][1] + wall]
             high = opened.value
             after = _metrics(server.base) if server.metrics else {}
         opened_range += [low, high]
@@ -221,11 +236,13 @@ def measure_latency(
             f"failures {beside[-1].failures} {beside[-1].failure_example[:120]}",
             flush=True,
         )
+    seen = [g for g in gauges if not np.isnan(g)]
     return Latency(
         merge_results(alone),
         merge_results(beside),
         (min(opened_range), max(opened_range)),
-        (float(np.nanmin(gauges)), float(np.nanmax(gauges))),
+        (cpu["alone"][0] / cpu["alone"][1], cpu["beside"][0] / cpu["beside"][1]),
+        (min(seen), max(seen)) if seen else (np.nan, np.nan),
         dict(refused),
     )
 
@@ -260,23 +277,37 @@ def big_body(mb: int) -> Payload:
     return Payload(head + bytes(count), {"Inference-Header-Content-Length": "256"})
 
 
-async def _burst(url: str, payload: Payload, clients: int) -> Counter[str]:
-    statuses: Counter[str] = Counter()
-    timeout = aiohttp.ClientTimeout(total=300)
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+async def _post(port: int, path: str, payload: Payload) -> str:
+    """POST one body from a plain asyncio stream, a MiB at a time as the server takes it
+    (a client library would buffer all of it first); the answer's status and code."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as exc:
+        return type(exc).__name__
+    try:
+        head = [f"POST {path} HTTP/1.1", "Host: bench", f"Content-Length: {len(payload.body)}"]
+        head += [f"{k}: {v}" for k, v in payload.headers.items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        body = memoryview(payload.body)
+        for start in range(0, len(body), 2**20):
+            writer.write(body[start : start + 2**20])
+            await writer.drain()
+        status_line = await reader.readline()
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        text = await reader.readexactly(int(headers.get("content-length", "0")))
+        code = json.loads(text).get("error", "") if text[:1] == b"{" else ""
+        return f"{status_line.split()[1].decode()} {code}".strip()
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        return type(exc).__name__
+    finally:
+        writer.close()
 
-        async def one() -> None:
-            try:
-                async with session.post(url, data=payload.body, headers=payload.headers) as r:
-                    text = await r.read()
-                    code = json.loads(text).get("error", "ok") if text[:1] == b"{" else ""
-                    statuses[f"{r.status} {code}".strip()] += 1
-            except aiohttp.ClientError as exc:
-                statuses[type(exc).__name__] += 1
 
-        await asyncio.gather(*(one() for _ in range(clients)))
-    return statuses
+async def _burst(port: int, path: str, payload: Payload, clients: int) -> Counter[str]:
+    return Counter(await asyncio.gather(*(_post(port, path, payload) for _ in range(clients))))
 
 
 def measure_memory(server: Server, session: int, route: str, args: argparse.Namespace) -> Memory:
@@ -293,7 +324,7 @@ def measure_memory(server: Server, session: int, route: str, args: argparse.Name
     sampler = threading.Thread(target=sample)
     sampler.start()
     start = time.perf_counter()
-    statuses = asyncio.run(_burst(server.base + route, payload, args.bodies))
+    statuses = asyncio.run(_burst(server.port, route, payload, args.bodies))
     seconds = time.perf_counter() - start
     done.set()
     sampler.join()
@@ -347,9 +378,9 @@ def plot(results: dict[str, tuple[Latency, Memory]], path: Path, title: str) -> 
 def _latency_rows(results: dict[str, tuple[Latency, Memory]], slow: int) -> list[str]:
     rows = [
         "| server | alone p50 / p99 ms | beside slow connections p50 / p99 ms | p99 ratio "
-        "| slow connections open (client) | server's connection gauge | failures beside "
-        "| the server cut off |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| server CPU, cores: alone / beside | slow connections open (client) "
+        "| server's connection gauge | failures beside | the server cut off |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for key, (lat, _) in results.items():
         ratio = lat.beside.percentile_ms(99) / lat.alone.percentile_ms(99)
@@ -362,7 +393,8 @@ def _latency_rows(results: dict[str, tuple[Latency, Memory]], slow: int) -> list
         rows.append(
             f"| {key} | {lat.alone.percentile_ms(50):.1f} / {lat.alone.percentile_ms(99):.1f} "
             f"| {lat.beside.percentile_ms(50):.1f} / {lat.beside.percentile_ms(99):.1f} "
-            f"| {ratio:.2f}x | {lat.slow_open[0]}-{lat.slow_open[1]} of {slow} | {gauge} "
+            f"| {ratio:.2f}x | {lat.cpu[0]:.2f} / {lat.cpu[1]:.2f} "
+            f"| {lat.slow_open[0]}-{lat.slow_open[1]} of {slow} | {gauge} "
             f"| {lat.beside.failures} | {cut} |"
         )
     return rows
@@ -430,10 +462,13 @@ def markdown(
             f"and while {args.slow} slow connections are held open by another process (half "
             "trickle a request head, half a /v2 body declared 1 MB, a byte a second each; one "
             f"the server cuts off reconnects at once), {args.rounds} alternating rounds "
-            f"pooled. Memory: {args.bodies} clients each send a {args.body_mb} MB /v2 body at "
-            "once (a tensor that fits no model: read whole, then 400); peak RSS of the main "
-            "process is its VmHWM (reset before the burst), of all processes sampled every "
-            f"20 ms.{before}",
+            "pooled; the slow connections' driver runs on the same cores. Server CPU: cores "
+            "kept busy by all the server's processes (from /proc) over those rounds, which "
+            f"other jobs on the host hardly move. Memory: {args.bodies} clients each send a "
+            f"{args.body_mb} MB /v2 body at once, a MiB at a time as the server takes it (a "
+            "tensor that fits no model: read whole, then 400); peak RSS of the main process "
+            "is its VmHWM (reset before the burst), of all processes sampled every 20 ms."
+            f"{before}",
             "",
             *_latency_rows(results, args.slow),
             "",
@@ -468,7 +503,8 @@ def _servers(args: argparse.Namespace, models: Path) -> list[Server]:
         env = {**env, "MPLSTM_MODELS_DIR": str(models)}
         if tree is not None:
             env["PYTHONPATH"] = str(tree)
-        command = (str(PYTHON), "-m", "mplstm", "serve", "--port", str(port))
+        # -P: the working directory's mplstm must not shadow the tree on PYTHONPATH.
+        command = (str(PYTHON), "-P", "-m", "mplstm", "serve", "--port", str(port))
         servers.append(Server(key, command, port, "/v2/health/ready", env, key == "service"))
     return servers
 
@@ -502,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for server in _servers(args, models):
             with running([server], work) as sessions:
                 print(f"{server.key}: measuring latency", flush=True)
-                latency = measure_latency(server, payloads, route, model, args)
+                latency = measure_latency(server, sessions[server.key], payloads, model, args)
                 print(f"{server.key}: measuring memory", flush=True)
                 memory = measure_memory(server, sessions[server.key], route, args)
                 results[server.key] = (latency, memory)

@@ -8,6 +8,8 @@ with deadlines of a second or two so that a slow client is cut off quickly.
 from __future__ import annotations
 
 import contextlib
+import select
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -218,3 +220,38 @@ def test_connections_over_the_cap_get_503_at_once_and_held_ones_keep_working(
     capped.wait("/v2/health/ready")
     text = httpx.get(f"{capped.url}/metrics").text
     assert metric(text, "mplstm_http_refused_total", reason="too_many_connections") >= 3
+
+
+def test_the_connection_cap_stays_below_the_open_file_limit_it_raises(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Started with a soft limit of 256 open files under a hard one of 600: the server
+    # raises it to 600 and keeps 128 for itself, so client 473 gets a 503, not EMFILE.
+    server = Server(repo, tmp_path / "server.log", command="mplstm", open_files=(256, 600))
+    server.start()
+    try:
+        log = server.log()
+        assert "open-file limit raised from 256 to 600" in log
+        assert "MPLSTM_MAX_CONNECTIONS=4096 does not fit 600 open files; at most 472" in log
+        with contextlib.ExitStack() as stack:
+            clients = [stack.enter_context(RawClient(server.port)) for _ in range(480)]
+            for client in clients:
+                client.send(b"GET /v2/health/live HTTP/1.1\r\n")
+            refused = _answered(clients, at_least=480 - 472)
+            assert len(refused) == 480 - 472
+            for client in refused:
+                answer = client.response()
+                assert (answer.status, answer.json()["error"]) == (503, "too_many_connections")
+        server.wait("/v2/health/ready")
+        assert "Too many open files" not in server.log()
+    finally:
+        server.stop()
+
+
+def _answered(clients: list[RawClient], at_least: int) -> list[RawClient]:
+    """The clients the server has answered (or closed), once at least `at_least` are."""
+    deadline = time.monotonic() + 30
+    while True:
+        ready, _, _ = select.select([c.sock for c in clients], [], [], 1.0)
+        if len(ready) >= at_least or time.monotonic() > deadline:
+            return [c for c in clients if c.sock in ready]
