@@ -30,6 +30,10 @@ CUT_OFF = "mplstm.cut_off"
 # average rate is checked from then on, every UPLOAD_CHECK_S.
 UPLOAD_RATE_GRACE_S = 5.0
 UPLOAD_CHECK_S = 1.0
+# Deadlines of connections opened together (a flood) would all fire in one turn of the
+# event loop and stall everyone else's requests for tens of ms: each head deadline and
+# the first body check come up to this much later, at random, spreading the cut-offs.
+DEADLINE_SPREAD_S = 1.0
 # After a refusal the connection reads (and drops) what the client still sends, for at
 # most this long, so that closing it does not reset the answer before the client reads it.
 LINGER_S = 2.0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import random
 from typing import Any
 
 import httptools
@@ -36,6 +37,7 @@ from uvicorn.server import ServerState
 
 from mplstm.service.connections import (
     CUT_OFF,
+    DEADLINE_SPREAD_S,
     GUARD_KEY,
     LINGER_S,
     UPLOAD_CHECK_S,
@@ -107,6 +109,11 @@ class _ClockedFlow(FlowControl):
         return max(now - self._asked_at - held, 0.0)
 
 
+def _spread() -> float:
+    """A random delay that keeps deadlines of connections opened together apart."""
+    return random.uniform(0.0, DEADLINE_SPREAD_S)
+
+
 @functools.cache
 def _default_guard() -> ConnectionGuard:
     """Limits for an app that put no guard in its lifespan state (default settings)."""
@@ -154,7 +161,10 @@ class ServiceHttpProtocol(HttpToolsProtocol):
                 )
             )
             return
-        self._arm(self.limits.header_timeout_s, self._head_timed_out)
+        self._arm_head_deadline()
+
+    def _arm_head_deadline(self) -> None:
+        self._arm(self.limits.header_timeout_s + _spread(), self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -188,7 +198,7 @@ class ServiceHttpProtocol(HttpToolsProtocol):
             return
         if self._timer is None and (self.cycle is None or self.cycle.response_complete):
             # The next head of a kept-alive connection has begun.
-            self._arm(self.limits.header_timeout_s, self._head_timed_out)
+            self._arm_head_deadline()
         room = self.limits.max_header_bytes - self._head_bytes
         if len(data) <= room:
             self._head_bytes += len(data)
@@ -249,7 +259,7 @@ class ServiceHttpProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._body_declared = content_length(self.headers) or 0
         self.flow.new_body()
-        self._arm(UPLOAD_CHECK_S, self._check_upload)
+        self._arm(UPLOAD_CHECK_S + _spread(), self._check_upload)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
