@@ -10,9 +10,9 @@ for room, first come first served, up to the request deadline, and then gets 503
 `server_busy`: memory stays bounded however many clients upload at once, and an
 admitted body is never starved of the room to finish.
 
-A /v2 body is read into one buffer (a binary body past 64 KiB, into an anonymous
-mapping of its declared size, taken once the budget holds it and given back to the
-kernel when freed), and its binary tensors are read in place (`oip.parse_infer_request`
+A /v2 body is read into one buffer of its declared size, taken once the budget holds
+it (a binary body of 16 MiB or more: an anonymous mapping, given back to the kernel
+when freed), and its binary tensors are read in place (`oip.parse_infer_request`
 takes a buffer): one copy of the body, not the three of reading chunks, joining them and
 slicing off the tensor part.
 
@@ -43,6 +43,9 @@ from mplstm.service.oip import HEADER_LENGTH
 # The first bytes of every body come without the budget: uvicorn buffers this much per
 # connection anyway, and a client that stalls before it holds no room.
 FREE_BYTES = 64 * 1024
+# A binary body at least this large gets its own anonymous mapping: given back to the
+# kernel when freed, where the allocator could keep a large heap block in the RSS.
+_MAPPED_FROM = 16 * 2**20
 _JSON_HINT = (
     " (MPLSTM_MAX_JSON_BYTES, for JSON): send larger tensors as binary tensors "
     "(tritonclient: binary_data=True)"
@@ -158,24 +161,28 @@ class Hold:
 
 
 class _BodyBuffer:
-    """A body's bytes as they come: a bytearray, or, once the budget holds a large binary
-    body, an anonymous mapping of its declared size (the kernel's again when freed)."""
+    """A body's bytes as they come: a growing bytearray until the budget holds the body's
+    declared size, then one buffer of that size (for a large binary body an anonymous
+    mapping, the kernel's again when freed; below, the heap's pages, already touched,
+    cost less than fresh ones)."""
 
-    def __init__(self, mapped_size: int | None) -> None:
-        self._mapped_size = mapped_size
+    def __init__(self, declared: int | None, binary: bool) -> None:
+        self._declared = declared
+        self._mapped = binary and declared is not None and declared >= _MAPPED_FROM
         self.data: bytearray | mmap.mmap = bytearray()
         self.filled = 0
+        self._sized = False
 
     def add(self, chunk: bytes, held: bool) -> None:
         end = self.filled + len(chunk)
-        if held and self._mapped_size is not None and isinstance(self.data, bytearray):
-            mapped = mmap.mmap(-1, self._mapped_size)
-            mapped[: self.filled] = self.data
-            self.data = mapped
-        if isinstance(self.data, mmap.mmap):
+        if held and not self._sized and self._declared is not None:
+            sized = mmap.mmap(-1, self._declared) if self._mapped else bytearray(self._declared)
+            sized[: self.filled] = self.data
+            self.data, self._sized = sized, True
+        if self._sized:
             self.data[self.filled : end] = chunk
         else:
-            self.data += chunk
+            self.data += chunk  # type: ignore[operator]
         self.filled = end
 
 
@@ -225,9 +232,8 @@ async def infer_body(
     header_length = request.headers.get(HEADER_LENGTH)
     limit = _body_limit(declared, header_length, limits)
     async with budget.hold(declared, timeout_s=timeout_s) as hold:
-        # JSON must be a bytearray for the parser; binary tensors are read from a mapping.
-        binary = header_length is not None and declared is not None and declared > FREE_BYTES
-        body = _BodyBuffer(declared if binary else None)
+        # JSON must be a bytearray for the parser; binary tensors may be read from a mapping.
+        body = _BodyBuffer(declared, binary=header_length is not None)
         try:
             async for chunk in request.stream():
                 end = body.filled + len(chunk)
