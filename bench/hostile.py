@@ -356,7 +356,6 @@ def plot(results: dict[str, tuple[Latency, Memory]], path: Path, title: str) -> 
             lat_ax.bar(x + shift, values, 0.2, hatch=hatch, label=f"p{q} {label}")
     lat_ax.set_xticks(x, keys)
     lat_ax.set_ylabel("ms (lower is better)")
-    lat_ax.set_yscale("log")
     lat_ax.set_title("normal client, /v2 tensors, one at a time")
     lat_ax.legend(fontsize=7)
     for offset, (label, field) in enumerate(
