@@ -143,17 +143,32 @@ class ConnectionGuard:
     def refused(self, refusal: Refusal, client: tuple[str, int] | None) -> None:
         """Count a refusal; log it, at most once per reason every few seconds."""
         self.metrics.refused.labels(refusal.code).inc()
-        count = self._unlogged.get(refusal.code, 0) + 1
+        self._log(
+            refusal.code,
+            f"{refusal.status} {refusal.code} to {_who(client)}: {refusal.detail}",
+        )
+
+    def client_left(self, client: tuple[str, int] | None) -> None:
+        """A client went away mid-upload before its request reached the app: count it, log it
+        (at most once every few seconds)."""
+        self.metrics.client_disconnects.inc()
+        self._log("client_disconnected", f"{_who(client)} went away mid-upload")
+
+    def _log(self, key: str, line: str) -> None:
+        # A flood of slow clients must not flood the log: one line per kind per period.
+        count = self._unlogged.get(key, 0) + 1
         now = time.monotonic()
-        if now - self._last_logged.get(refusal.code, -math.inf) < _LOG_EVERY_S:
-            self._unlogged[refusal.code] = count
+        if now - self._last_logged.get(key, -math.inf) < _LOG_EVERY_S:
+            self._unlogged[key] = count
             return
-        # A flood of slow clients must not flood the log: one line per reason per period.
-        self._last_logged[refusal.code] = now
-        self._unlogged[refusal.code] = 0
-        who = f"{client[0]}:{client[1]}" if client else "a client"
+        self._last_logged[key] = now
+        self._unlogged[key] = 0
         more = f" (and {count - 1} more since the last such line)" if count > 1 else ""
-        log.info("%d %s to %s: %s%s", refusal.status, refusal.code, who, refusal.detail, more)
+        log.info("%s%s", line, more)
+
+
+def _who(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "a client"
 
 
 def raise_open_file_limit() -> int:

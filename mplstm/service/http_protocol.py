@@ -10,6 +10,8 @@ On top of uvicorn's own protocol it
 - gives the head a deadline from its first byte (or from the connection): 408;
 - gives the body a deadline and a minimum average rate, counted only while the route
   reads it and the server is not holding the client back: 408;
+- starts the app on a request only once 64 KiB of its body (or all of it) have come, or
+  the client expects `100 Continue`: a client trickling a body costs no app task;
 - caps open connections: beyond, 503 at once, before a descriptor is spent on parsing;
 - at shutdown, answers a request still uploading with 503 `shutting_down`;
 - answers every refusal as JSON in the service's error shape, then reads and drops what
@@ -30,9 +32,14 @@ from typing import Any
 
 import httptools
 from prometheus_client import CollectorRegistry
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
-from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from mplstm.service.connections import (
@@ -93,9 +100,9 @@ class _ClockedFlow(FlowControl):
             self._held_s += now - max(self._paused_at, self._asked_at)
         super().resume_reading()
 
-    def new_body(self) -> None:
-        """A request head has arrived; its body is not asked for yet."""
-        self._asked_at = None
+    def new_body(self, asked: bool) -> None:
+        """A request head has arrived; its body is asked for (read) already, or not yet."""
+        self._asked_at = self._loop.time() if asked else None
         self._held_s = 0.0
 
     def client_seconds(self) -> float:
@@ -143,6 +150,8 @@ class ServiceHttpProtocol(HttpToolsProtocol):
         self._body_declared = 0  # its Content-Length (0: none, or chunked)
         self._lingering = False
         self._counted = False
+        # A request whose app task waits for the first 64 KiB of its body (or all of it).
+        self._waiting: tuple[RequestResponseCycle, ASGI3Application] | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -169,6 +178,9 @@ class ServiceHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self._uncount()
+        if self._waiting is not None and not self._lingering:
+            self.guard.client_left(self.client)  # mid-upload, before the app saw the request
+        self._waiting = None
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self) -> None:
@@ -258,18 +270,40 @@ class ServiceHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self._body_bytes = 0
         self._body_declared = content_length(self.headers) or 0
-        self.flow.new_body()
+        # Waiting for the body, this protocol reads it for the app: its clock runs.
+        self.flow.new_body(asked=self._waiting is not None)
         self._arm(UPLOAD_CHECK_S + _spread(), self._check_upload)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         super().on_body(body)
+        if self._waiting is not None and len(self._waiting[0].body) >= HIGH_WATER_LIMIT:
+            self._start_waiting()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._start_waiting()
         self._cancel_timer()
         self._in_head = True
         self._head_bytes = 0
+
+    # -- the app --------------------------------------------------------------------------
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        """Start the app on a request once its body has begun in earnest (nginx's request
+        buffering, up to uvicorn's 64 KiB read-ahead): a client trickling a body never
+        costs the app a task, its middleware stack and the garbage collector's time."""
+        body_to_come = cycle.more_body and len(cycle.body) < HIGH_WATER_LIMIT
+        if body_to_come and not cycle.waiting_for_100_continue:
+            self._waiting = (cycle, app)
+            return
+        super()._start_asgi_task(cycle, app)
+
+    def _start_waiting(self) -> None:
+        if self._waiting is not None:
+            cycle, app = self._waiting
+            self._waiting = None
+            super()._start_asgi_task(cycle, app)
 
     # -- deadlines --------------------------------------------------------------------------
 
@@ -330,6 +364,7 @@ class ServiceHttpProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         cycle = self.cycle
         answered = False
+        self._waiting = None  # a request the app has not seen: answered here alone
         if cycle is not None and not cycle.response_complete:
             # The route sees a client that went away, and learns why from the scope.
             cycle.scope[CUT_OFF] = refusal  # type: ignore[literal-required]

@@ -78,10 +78,12 @@ def test_a_request_that_finds_no_room_in_time_is_503_server_busy(bodies: Server)
     assert answer.status_code == 400
 
 
-def test_a_body_larger_than_the_whole_budget_is_413_before_it_is_read(bodies: Server) -> None:
+def test_a_body_larger_than_the_whole_budget_is_413_and_left_unread(bodies: Server) -> None:
     body, headers = binary_infer_body(BUDGET + 1024)
     with RawClient(bodies.port) as client:
-        client.send(request_head("POST", INFER, headers, length=len(body)))  # no body sent
+        # The route sees a request once 64 KiB of its body have come (or at once, when the
+        # client sends `Expect: 100-continue`); the rest is never read.
+        client.send(request_head("POST", INFER, headers, length=len(body)) + body[: 100 * 1024])
         answer = client.response()
     assert (answer.status, answer.json()["error"]) == (413, "body_too_large")
     assert "MPLSTM_MAX_INFLIGHT_BYTES" in answer.json()["detail"]
@@ -165,3 +167,30 @@ def test_a_client_that_leaves_mid_upload_is_one_499_line_and_a_count(
     assert f"POST {path} 500" not in log
     assert bodies.healthy()
     assert metric(_metrics(bodies), name) == before + 3
+
+
+def test_a_client_that_leaves_before_its_first_64_kib_is_counted_without_reaching_the_app(
+    bodies: Server,
+) -> None:
+    name = "mplstm_http_client_disconnects_total"
+    before = metric(_metrics(bodies), name)
+    body, headers = binary_infer_body(200_000)
+    for _ in range(3):
+        with RawClient(bodies.port) as client:
+            client.send(request_head("POST", INFER, headers, length=len(body)) + body[:1024])
+    wait_for_metric(bodies.url, name, before + 3)
+    log = bodies.log()
+    assert "went away mid-upload" in log and "Traceback" not in log
+    # The app never saw these requests: no access line, no room held in the budget.
+    assert metric(_metrics(bodies), "mplstm_http_body_bytes_in_flight") == 0
+
+
+def test_a_client_that_expects_100_continue_gets_its_refusal_before_sending_the_body(
+    bodies: Server,
+) -> None:
+    body, headers = binary_infer_body(BUDGET + 1024)
+    with RawClient(bodies.port) as client:
+        expect = {**headers, "Expect": "100-continue"}
+        client.send(request_head("POST", INFER, expect, length=len(body)))  # no body sent
+        answer = client.response()
+    assert (answer.status, answer.json()["error"]) == (413, "body_too_large")
