@@ -65,7 +65,7 @@ $(TRITON_VENV)/.installed:
 	$(TRITON_VENV)/bin/pip install --quiet nvidia-pytriton==0.7.0 numpy==1.26.4 onnxruntime==1.31.1
 	touch $@
 
-# Every benchmark, one after the other (about 25 minutes on 2 cores); each rewrites its
+# Every benchmark, one after the other (about 30 minutes on 2 cores); each rewrites its
 # own section of docs/benchmarks.md. Run on a quiet machine.
 bench: venv $(TRITON_VENV)/.installed
 	$(BIN)/python bench/decode.py
@@ -75,6 +75,7 @@ bench: venv $(TRITON_VENV)/.installed
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/score.py --model models/demo-lipreading
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/ddp.py
 
 # The GPU truth kit (bench/gpu; docs/benchmarks.md, GPU section): every GPU claim checked in

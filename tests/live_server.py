@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from mplstm.service.http_protocol import PROTOCOL
 
 _START_TIMEOUT_S = 90.0
 
@@ -30,6 +33,8 @@ class Server:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     command: str = "uvicorn"  # or "mplstm" (the `mplstm serve` entry point)
+    # (soft, hard) limit of open files the server starts with; None: the test runner's.
+    open_files: tuple[int, int] | None = None
     port: int = 0
     grpc_port: int = 0
     process: subprocess.Popen | None = None
@@ -61,16 +66,23 @@ class Server:
         else:
             args = [
                 sys.executable, "-m", "uvicorn", "--factory", "mplstm.service.app:app_from_env",
-                "--host", "127.0.0.1", "--port", str(self.port),
+                "--host", "127.0.0.1", "--port", str(self.port), "--http", PROTOCOL,
             ]  # fmt: skip
         with self.log_path.open("wb") as log:  # the child keeps its own copy of the handle
-            self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits
+            )
         try:
             self.wait("/v2/health/ready" if wait_ready else "/v2/health/live")
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _limits(self) -> None:
+        """In the child, before exec: the open-file limits it starts with."""
+        if self.open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
 
     def wait(self, path: str) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import types
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,9 +52,16 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             f"model repository {settings.models_dir} is not a folder (--models or MPLSTM_MODELS_DIR)"
         )
+    from mplstm.service.http_protocol import PROTOCOL
+
+    # Uvicorn re-raises SIGTERM once it has drained (for whoever embeds it); with the
+    # default action the process would then die of it (143) after a clean shutdown.
+    signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(
         "mplstm.service.app:app_from_env",
         factory=True,
+        # Uvicorn's httptools protocol with the service's client limits (docs/service.md).
+        http=PROTOCOL,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
@@ -62,3 +71,8 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
     )
     return 0
+
+
+def _exit_after_drain(signum: int, frame: types.FrameType | None) -> None:
+    """SIGTERM outside uvicorn's own handler: before it starts, or re-raised after its drain."""
+    raise SystemExit(0)

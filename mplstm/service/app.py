@@ -13,12 +13,16 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.requests import ClientDisconnect
 
 from mplstm import __version__
+from mplstm.service.bodies import BodyBudget, client_disconnected
+from mplstm.service.connections import GUARD_KEY, ConnectionGuard, HttpMetrics
 from mplstm.service.dataplane import DataPlane
-from mplstm.service.errors import install_error_handlers
+from mplstm.service.errors import ClientDisconnectedError, install_error_handlers
 from mplstm.service.grpc_server import GrpcServer
 from mplstm.service.limits import BodyLimitMiddleware
 from mplstm.service.logs import RequestIdMiddleware, configure_logging
@@ -38,16 +42,21 @@ def create_app(settings: Settings) -> FastAPI:
     api_keys = settings.load_api_keys()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         if not api_keys:
             log.warning(
                 "authentication is OFF: no MPLSTM_API_KEYS or MPLSTM_API_KEY_FILE; anyone who "
                 "can reach this port can use it"
             )
         metrics = ServiceMetrics()
+        http_metrics = HttpMetrics(metrics.registry)
+        guard = ConnectionGuard.start(settings, http_metrics)
         workers = await VideoWorkers.open(settings.decode_workers, settings.decode_limits())
         repository = ModelRepository(settings, metrics, workers)
-        app.state.services = services = Services(settings, repository, workers, metrics)
+        budget = BodyBudget(settings.max_inflight_bytes, http_metrics)
+        app.state.services = services = Services(
+            settings, repository, workers, metrics, budget, http_metrics
+        )
         app.state.dataplane = plane = DataPlane(services)
         try:
             # Bound before the models load, so a taken port fails start-up at once; it
@@ -64,7 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
         gc.freeze()
         log.info("listening; ready=%s", repository.ready)
         try:
-            yield
+            # The connection limits, for the HTTP protocol (http_protocol.py) of each connection.
+            yield {GUARD_KEY: guard}
         finally:
             # gRPC stopped accepting at SIGTERM already (GrpcServer); here its calls in
             # flight finish, then the batchers they wait on drain.
@@ -83,6 +93,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.api_keys = api_keys
     install_error_handlers(app)
+    for disconnect in (ClientDisconnectedError, ClientDisconnect):
+        app.add_exception_handler(disconnect, client_disconnected)
     app.include_router(open_router)
     app.include_router(router)
     # Outermost last: request ids wrap everything, the body limit wraps the routes.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mplstm import __version__
-from mplstm.service.errors import BadParameterError, ModelNotFoundError
+from mplstm.service.errors import BadParameterError
 from mplstm.service.pipeline import Services, counted, infer_tensors
 from mplstm.service.repository import LoadedModel, ModelState
 from mplstm.service.schemas import ServerMetadata
@@ -89,13 +89,8 @@ class DataPlane:
         return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS))
 
     def model(self, name: str, version: str | None = None) -> LoadedModel:
-        """The serving model (at `version`, when given); 404 or 503 otherwise."""
-        model = self.services.repository.get(name)
-        if version and version != model.version:
-            raise ModelNotFoundError(
-                f"model {name!r} serves version {model.version}, not {version!r}"
-            )
-        return model
+        """The serving model (at `version`, when given; "" is none); 404 or 503 otherwise."""
+        return self.services.repository.get(name, version or None)
 
     def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         """Inputs and outputs of a serving model (v2 metadata)."""
@@ -131,10 +126,24 @@ class DataPlane:
         """Count one inference request by outcome; a translator wraps its whole handling."""
         return counted(self.services, model, INFER_ROUTE, protocol)
 
+    def serving(self, name: str, version: str | None = None) -> AbstractContextManager[LoadedModel]:
+        """The version of `name` serving now ("" is none), held until the block ends.
+
+        A reload or unload meanwhile retires it only afterwards, so a request is answered by
+        the version that served when it arrived, however long its upload.
+        """
+        return self.services.repository.serving(name, version or None)
+
     async def infer(self, request: TensorRequest, protocol: str) -> TensorResult:
-        """Check, batch and infer one request; the answer holds the asked-for outputs."""
+        """Check, batch and infer one request on the version serving now."""
+        with self.serving(request.model, request.version) as model:
+            return await self.infer_on(model, request, protocol)
+
+    async def infer_on(
+        self, model: LoadedModel, request: TensorRequest, protocol: str
+    ) -> TensorResult:
+        """Check, batch and infer one request on `model` (held by the caller)."""
         services = self.services
-        model = self.model(request.model, request.version)
         clip, mask = model_inputs(request.inputs, model.manifest)
         available = [spec.name for spec in model.manifest.outputs]
         names = select_outputs(request.outputs, available)

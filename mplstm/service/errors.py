@@ -92,6 +92,25 @@ class BodyTooLargeError(ApiError):
     code, status = "body_too_large", 413
 
 
+class ServerBusyError(ApiError):
+    """No room for the request's body under MPLSTM_MAX_INFLIGHT_BYTES in time."""
+
+    code, status = "server_busy", 503
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+class ClientDisconnectedError(ApiError):
+    """The client went away (or the server cut its upload off) before the answer.
+
+    Nobody reads the answer; `status` and `code` are what the client got, if anything
+    (499: nothing, nginx's "client closed request"), for the access log and the metrics.
+    """
+
+    code, status = "client_disconnected", 499
+
+
 class TooManyPartsError(ApiError):
     code, status = "too_many_parts", 413
 

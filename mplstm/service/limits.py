@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, MutableMapping
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mplstm.service.connections import CUT_OFF, Refusal
 from mplstm.service.errors import BodyTooLargeError, error_body
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = declared_length(scope)
         if declared is not None and declared > self.max_bytes:
             await _send_413(
                 send, f"request body of {declared} bytes exceeds the limit of {self.max_bytes}"
@@ -48,10 +51,11 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     refused = True
+                    detail = f"request body exceeds the limit of {self.max_bytes} bytes"
+                    # The route sees a client gone, and reports the 413 it got (bodies.py).
+                    scope[CUT_OFF] = Refusal(413, BodyTooLargeError.code, detail)
                     if not response_started:
-                        await _send_413(
-                            send, f"request body exceeds the limit of {self.max_bytes} bytes"
-                        )
+                        await _send_413(send, detail)
                     # The app stops reading, as it would for a client that went away.
                     return {"type": "http.disconnect"}
             return message
@@ -71,8 +75,14 @@ class BodyLimitMiddleware:
                 raise
 
 
-def _content_length(scope: Scope) -> int | None:
-    for key, value in scope.get("headers", ()):
+def declared_length(scope: MutableMapping[str, Any]) -> int | None:
+    """The request's Content-Length, or None (chunked, or not a number)."""
+    return content_length(scope.get("headers", ()))
+
+
+def content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The Content-Length among raw (lower-case) headers, or None."""
+    for key, value in headers:
         if key == b"content-length":
             try:
                 return int(value)

@@ -10,6 +10,7 @@ Outputs go back as binary when the request asks (`binary_data_output`, or per ou
 from __future__ import annotations
 
 import json
+import mmap
 from typing import Any
 
 import numpy as np
@@ -58,22 +59,31 @@ class InferResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+
 def parse_infer_request(
-    body: bytes, header_length: str | None
+    body: Buffer, header_length: str | None
 ) -> tuple[InferRequest, dict[str, np.ndarray]]:
-    """The request header and its input tensors by name; BadTensorError on anything malformed."""
+    """The request header and its input tensors by name; BadTensorError on anything malformed.
+
+    Binary tensors are views of `body` (no copy), so `body` must outlive them; JSON
+    values are strict (`tensors.array_from_values`).
+    """
+    view = memoryview(body)
     if header_length is None:
-        header, binary = body, b""
+        header: bytes | bytearray = body if isinstance(body, bytes | bytearray) else bytes(view)
+        binary = view[len(view) :]
     else:
         try:
             size = int(header_length)
         except ValueError:
             size = -1
-        if not 0 <= size <= len(body):
+        if not 0 <= size <= len(view):
             raise BadTensorError(
-                f"{HEADER_LENGTH} {header_length!r} does not fit a body of {len(body)} bytes"
+                f"{HEADER_LENGTH} {header_length!r} does not fit a body of {len(view)} bytes"
             )
-        header, binary = body[:size], body[size:]
+        header, binary = bytes(view[:size]), view[size:]
     try:
         request = InferRequest.model_validate_json(header)
     except ValidationError as exc:
@@ -94,7 +104,7 @@ def parse_infer_request(
                 )
             if offset + size > len(binary):
                 raise BadTensorError(f"input {tensor.name!r}: the body ends before its binary data")
-            data = memoryview(binary)[offset : offset + size]
+            data = binary[offset : offset + size]
             values = array_from_bytes(tensor.name, tensor.datatype, tensor.shape, data)
             offset += size
         elif tensor.data is not None:

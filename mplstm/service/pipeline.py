@@ -6,21 +6,25 @@ Route handlers call these and stay thin; the batcher and backends do the work.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
+from fastapi import Request
 
 from mplstm.core.camera_checks import ViewFailure
 from mplstm.core.errors import CameraFailedError
 from mplstm.core.preprocess import PreprocessConfig
 from mplstm.core.ranking import top_k
 from mplstm.service.batcher import BatchResult
+from mplstm.service.bodies import BodyBudget, BodyLimits, budgeted, infer_body
 from mplstm.service.cameras import checked as cameras_checked
 from mplstm.service.cameras import count_checked, dropped_views, expected_accuracy
+from mplstm.service.connections import HttpMetrics
 from mplstm.service.errors import DeadlineExceededError
 from mplstm.service.metrics import ServiceMetrics
 from mplstm.service.repository import LoadedModel, ModelRepository
@@ -37,6 +41,17 @@ class Services:
     repository: ModelRepository
     workers: VideoWorkers
     metrics: ServiceMetrics
+    budget: BodyBudget  # request bodies in memory, server-wide
+    http_metrics: HttpMetrics
+
+    def budgeted(self, request: Request) -> AbstractAsyncContextManager[Request]:
+        """`request` with its body held against the budget (the /v1 upload)."""
+        return budgeted(request, self.budget, timeout_s=self.settings.request_timeout_s)
+
+    def infer_body(self, request: Request) -> AbstractAsyncContextManager[bytearray | mmap.mmap]:
+        """A /v2 body read whole within its limits, held against the budget."""
+        limits = BodyLimits(self.settings.max_upload_bytes, self.settings.max_json_bytes)
+        return infer_body(request, self.budget, limits, timeout_s=self.settings.request_timeout_s)
 
 
 @contextmanager

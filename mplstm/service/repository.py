@@ -5,7 +5,9 @@ or half-copied package is refused with a log line naming the file. The server is
 ready only when every model it was asked to serve is loaded and warmed up (a model
 that failed to load keeps readiness off: a broken rollout must not take traffic).
 `load(name)` swaps in the newest version without a restart; if that fails, the
-version that was serving keeps serving.
+version that was serving keeps serving. A request holds the version it picked
+(`serving`) until it is answered, uploads included: a reload or unload retires the
+old version only after those requests are done, so none of them is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mplstm.core.cpus import threads_per_worker
@@ -39,6 +42,31 @@ from mplstm.service.video_workers import VideoWorkers, WorkerQueue
 log = logging.getLogger(__name__)
 
 
+class InFlight:
+    """Requests holding a model version; retiring it waits until there are none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """One request holds the version while the block runs."""
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no request holds the version."""
+        await self._idle.wait()
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A package being served: its backend, its batcher, and its video route's placement."""
@@ -49,6 +77,7 @@ class LoadedModel:
     batcher: DynamicBatcher
     # Set where the video route infers in the workers (Placement.WORKERS), else the batcher.
     worker_queue: WorkerQueue | None = None
+    in_flight: InFlight = field(default_factory=InFlight, compare=False, repr=False)
 
     @property
     def placement(self) -> Placement:
@@ -113,10 +142,14 @@ class ModelRepository:
         self._started = True
         log.info("serving %d of %d models: %s", len(self._models), len(names), sorted(self._models))
 
-    def get(self, name: str) -> LoadedModel:
-        """The serving model `name`; 404 if the repository has no such model, 503 if not loaded."""
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        """The serving model `name` (at `version`, if given); 404 if unknown, 503 if not loaded."""
         model = self._models.get(name)
         if model is not None:
+            if version is not None and version != model.version:
+                raise ModelNotFoundError(
+                    f"model {name!r} serves version {model.version}, not {version!r}"
+                )
             return model
         if name in self._failures:
             raise ModelNotReadyError(f"model {name!r} failed to load: {self._failures[name]}")
@@ -125,6 +158,17 @@ class ModelRepository:
                 f"model {name!r} is not loaded; POST /v2/repository/models/{name}/load"
             )
         raise ModelNotFoundError(f"no model {name!r}; this server has {sorted(self.names())}")
+
+    @contextlib.contextmanager
+    def serving(self, name: str, version: str | None = None) -> Iterator[LoadedModel]:
+        """The version of `name` serving now (404 if not `version`), held until the block ends.
+
+        A reload or unload meanwhile retires that version only after the block: a request
+        is answered by the version that served when it arrived, however long its upload.
+        """
+        model = self.get(name, version)
+        with model.in_flight.held():
+            yield model
 
     def serves(self, name: str) -> bool:
         """Whether `name` is loaded and serving."""
@@ -272,6 +316,14 @@ class ModelRepository:
         return LoadedModel(name, package, backend, batcher, worker_queue)
 
     async def _retire(self, model: LoadedModel) -> None:
+        if model.in_flight.count:
+            log.info(
+                "model %s: version %s retires once its %d requests in flight are answered",
+                model.name,
+                model.version,
+                model.in_flight.count,
+            )
+        await model.in_flight.idle()
         if model.worker_queue is not None:
             await model.worker_queue.stop()
         await model.batcher.stop()

@@ -200,29 +200,29 @@ async def _predict(
     route: str,
     camera_checks: bool | None = None,
 ) -> PredictResponse:
-    with counted(svc, name, route):
-        model = svc.repository.get(name)
-        upload = await read_upload(request, svc.settings.max_parts)
-        try:
-            if "top_k" in upload.options:
-                top_k = _top_k(upload.options["top_k"])
-            if "camera_checks" in upload.options:
-                camera_checks = _switch("camera_checks", upload.options["camera_checks"])
-            return await predict_views(
-                model,
-                upload.views,
-                top_k=top_k,
-                request_id=request.state.request_id,
-                workers=svc.workers,
-                metrics=svc.metrics,
-                timeout_s=svc.settings.request_timeout_s,
-                cameras=CameraPolicy(
-                    svc.settings.camera_checks if camera_checks is None else camera_checks,
-                    svc.settings.min_expected_accuracy,
-                ),
-            )
-        finally:
-            await upload.close()
+    with counted(svc, name, route), svc.repository.serving(name) as model:
+        async with svc.budgeted(request) as request:
+            upload = await read_upload(request, svc.settings.max_parts)
+            try:
+                if "top_k" in upload.options:
+                    top_k = _top_k(upload.options["top_k"])
+                if "camera_checks" in upload.options:
+                    camera_checks = _switch("camera_checks", upload.options["camera_checks"])
+                return await predict_views(
+                    model,
+                    upload.views,
+                    top_k=top_k,
+                    request_id=request.state.request_id,
+                    workers=svc.workers,
+                    metrics=svc.metrics,
+                    timeout_s=svc.settings.request_timeout_s,
+                    cameras=CameraPolicy(
+                        svc.settings.camera_checks if camera_checks is None else camera_checks,
+                        svc.settings.min_expected_accuracy,
+                    ),
+                )
+            finally:
+                await upload.close()
 
 
 def _switch(name: str, value: str) -> bool:
@@ -307,26 +307,28 @@ async def model_version_ready(name: str, version: str, plane: PlaneDep) -> Model
 
 
 async def _infer(request: Request, name: str, version: str | None, plane: DataPlane) -> Response:
-    with plane.counted(name, "http"):
-        plane.model(name, version)  # an unknown model is refused before its body is read
+    # The version serving when the request arrived answers it, however long its upload;
+    # an unknown model is refused before its body is read.
+    with plane.counted(name, "http"), plane.serving(name, version) as model:
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
             raise UnsupportedMediaTypeError(
                 f"Content-Encoding {encoding!r} is not supported; send it uncompressed"
             )
-        body = await request.body()
-        infer_request, arrays = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-        result = await plane.infer(
-            TensorRequest(
-                name,
-                arrays,
-                version=version,
-                id=infer_request.id,
-                outputs=[out.name for out in infer_request.outputs or ()],
-                parameters=infer_request.parameters or {},
-            ),
-            protocol="http",
-        )
+        async with plane.services.infer_body(request) as body:
+            infer_request, arrays = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+            result = await plane.infer_on(
+                model,
+                TensorRequest(
+                    name,
+                    arrays,
+                    version=version,
+                    id=infer_request.id,
+                    outputs=[out.name for out in infer_request.outputs or ()],
+                    parameters=infer_request.parameters or {},
+                ),
+                protocol="http",
+            )
         response = InferResponse(
             model_name=result.model,
             model_version=result.version,

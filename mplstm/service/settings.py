@@ -81,6 +81,26 @@ class Settings(InferenceSettings):
     # Refuse (422 too_few_cameras) a video clip whose usable views are expected, from the
     # package's view-subset table, to be less accurate than this (0..1). Unset: off.
     min_expected_accuracy: float | None = Field(None, ge=0, le=1)
+    # -- Clients (docs/service.md, "Limits and hostile clients"). Open connections per
+    # process, kept below the open-file limit (raised to its hard limit at start).
+    max_connections: int = Field(4096, gt=0)
+    # Request line and headers together, and the header count: nginx's 4 x 8 KiB, Apache's 100.
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=_MIB)
+    max_headers: int = Field(100, gt=0, le=10_000)
+    # The request head must arrive within this of its first byte (or of the connection).
+    header_timeout_s: float = Field(10.0, gt=0)
+    # The body must arrive within this once the route reads it and, after its first 5 s,
+    # on average at least min_upload_bytes_per_s fast, and fast enough for its declared
+    # size to arrive within upload_timeout_s; time the server does not read does not count.
+    upload_timeout_s: float = Field(60.0, gt=0)
+    min_upload_bytes_per_s: int = Field(1024, ge=0)
+    # An idle keep-alive connection is closed after this.
+    keepalive_timeout_s: float = Field(5.0, gt=0)
+    # A /v2 JSON body, or the JSON header of a binary one: parsed on the event loop.
+    max_json_bytes: int = Field(8 * _MIB, gt=0)
+    # Request bodies held by requests in flight, all together: the next one waits (up to
+    # request_timeout_s) for room, then 503 server_busy.
+    max_inflight_bytes: int = Field(512 * _MIB, gt=0)
 
     @field_validator("video_inference", mode="before")
     @classmethod
@@ -91,8 +111,17 @@ class Settings(InferenceSettings):
         return value
 
     def load_api_keys(self) -> frozenset[str]:
-        """Keys from `MPLSTM_API_KEYS` and `MPLSTM_API_KEY_FILE` (blank lines and # comments skipped)."""
+        """Keys from `MPLSTM_API_KEYS` and `MPLSTM_API_KEY_FILE` (blank lines and # comments skipped).
+
+        Fails closed: a variable that is set but yields no key (`" , "`, a file of comments)
+        is a SettingsError naming it, never "auth off". Only both unset (or empty) is.
+        """
         keys = {k.strip() for k in self.api_keys.split(",") if k.strip()}
+        if self.api_keys and not keys:
+            raise SettingsError(
+                f"{ENV_PREFIX}API_KEYS is set but holds no key ({self.api_keys!r}); "
+                "give comma-separated keys, or unset it to run without authentication"
+            )
         if self.api_key_file is not None:
             try:
                 lines = self.api_key_file.read_text().splitlines()
@@ -100,7 +129,14 @@ class Settings(InferenceSettings):
                 raise SettingsError(
                     f"{ENV_PREFIX}API_KEY_FILE: cannot read {self.api_key_file} ({exc})"
                 ) from exc
-            keys |= {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
+            in_file = {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
+            if not in_file:
+                raise SettingsError(
+                    f"{ENV_PREFIX}API_KEY_FILE: {self.api_key_file} holds no key (only blank "
+                    "lines or # comments); put one key per line, or unset the variable to run "
+                    "without authentication"
+                )
+            keys |= in_file
         return frozenset(keys)
 
     def check(self) -> None:

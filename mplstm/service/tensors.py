@@ -90,20 +90,55 @@ def array_from_bytes(
     return np.frombuffer(data, dtype, count).reshape(shape)
 
 
+# The value types each kind of datatype takes: a bool is no integer, a string no number.
+_VALUE_TYPES: dict[str, tuple[frozenset[type], str]] = {
+    "b": (frozenset({bool}), "true or false"),
+    "i": (frozenset({int}), "integers"),
+    "u": (frozenset({int}), "integers"),
+    "f": (frozenset({int, float}), "numbers"),
+}
+
+
 def array_from_values(
     name: str, datatype: str, shape: Sequence[int], values: Iterable[Any]
 ) -> np.ndarray:
-    """An input sent as values (REST JSON `data`, gRPC typed contents)."""
+    """An input sent as values (REST JSON `data`, gRPC typed contents), strictly.
+
+    No rounding, wrapping, parsing or truthiness: `1.5` or `"7"` for an integer datatype,
+    a value out of its range, a string or a number for BOOL, and ragged nesting are
+    BadTensorError, never silently converted.
+    """
     dtype, count = input_layout(name, datatype, shape)
-    try:
-        array = np.asarray(values, dtype=dtype).reshape(-1)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise BadTensorError(f"input {name!r}: data is not {datatype}: {exc}") from None
-    if array.size != count:
+    items = list(values)
+    if items and isinstance(items[0], list):  # nested rows: numpy checks the nesting is regular
+        items = np.asarray(items, dtype=object).reshape(-1).tolist()
+    allowed, what = _VALUE_TYPES[dtype.kind]
+    found = set(map(type, items))
+    if not found <= allowed:
+        wrong = ", ".join(sorted(t.__name__ for t in found - allowed))
         raise BadTensorError(
-            f"input {name!r}: {array.size} values for shape {list(shape)} ({count})"
+            f"input {name!r}: {datatype} data must be {what} (flat, or nested lists of equal "
+            f"length), got {wrong}"
         )
-    return array.reshape(shape)
+    if len(items) != count:
+        raise BadTensorError(
+            f"input {name!r}: {len(items)} values for shape {list(shape)} ({count})"
+        )
+    if dtype.kind in "iu" and items:
+        info = np.iinfo(dtype)
+        low, high = min(items), max(items)
+        if low < info.min or high > info.max:
+            raise BadTensorError(
+                f"input {name!r}: {datatype} values lie in [{info.min}, {info.max}], got "
+                f"{low if low < info.min else high}"
+            )
+    with np.errstate(over="raise"):
+        try:
+            return np.asarray(items, dtype=dtype).reshape(shape)
+        except FloatingPointError:
+            raise BadTensorError(
+                f"input {name!r}: a value is out of the range of {datatype}"
+            ) from None
 
 
 def model_inputs(

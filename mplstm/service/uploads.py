@@ -8,9 +8,11 @@ from typing import BinaryIO
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from mplstm.core.errors import ViewNamesError
 from mplstm.core.preprocess import named_views
+from mplstm.service.bodies import disconnected
 from mplstm.service.errors import ApiError, TooManyPartsError, UnsupportedMediaTypeError
 
 # Form fields that are options, not views.
@@ -47,6 +49,8 @@ async def read_upload(request: Request, max_parts: int) -> Upload:
         if "Too many" in str(exc.detail) or "exceeded maximum size" in str(exc.detail):
             raise TooManyPartsError(f"{exc.detail} (at most {max_parts} parts)") from None
         raise ApiError(f"malformed multipart body: {exc.detail}") from None
+    except ClientDisconnect:
+        raise disconnected(request.scope) from None
     files: list[tuple[str, BinaryIO]] = []
     options: dict[str, str] = {}
     for name, value in form.multi_items():

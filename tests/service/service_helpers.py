@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
+from live_server import Server
 from tiny_models import save_tiny_checkpoint
 
 from mplstm.core.synth.camera_failures import fail_views
@@ -125,3 +127,13 @@ def assert_load_shed(responses: list[httpx.Response]) -> None:
         if r.status_code == 503:
             assert r.json()["error"] == "queue_full"
             assert int(r.headers["retry-after"]) >= 1
+
+
+@contextmanager
+def mplstm_serve(repo: Path, folder: Path, env: dict[str, str]) -> Iterator[Server]:
+    """`mplstm serve` on `repo` with `env`, its log in `folder`, stopped at the end."""
+    server = Server(repo, folder / "server.log", env, command="mplstm").start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -276,7 +276,7 @@ def test_malformed_messages_are_refused_with_a_clear_status_never_unknown_or_int
         "entries for 1 inputs": extra,
         "both contents and raw_input_contents": both,
         "goes in contents.uint_contents": wrong_field,
-        "data is not UINT8": overflow,
+        "UINT8 values lie in [0, 255]": overflow,
         "raw_input_contents only": half,
         "datatype 'STRING' is not one of": strings,
         "unknown outputs ['embedding']": unknown_output,

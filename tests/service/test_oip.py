@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import httpx
@@ -14,6 +16,8 @@ from tritonclient.utils import InferenceServerException
 
 from mplstm.core.package import load_package
 from mplstm.core.preprocess import load_clip
+from mplstm.service.errors import BadTensorError
+from mplstm.service.oip import parse_infer_request
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +123,46 @@ def test_v2_refuses_tensors_that_do_not_fit_the_model_with_400(
     assert (r.status_code, r.json()["error"]) == (400, "bad_tensor")
     assert "view dropout" in r.json()["detail"]
     assert server.healthy()
+
+
+LAX_JSON = {
+    "uint8_fraction": ("clip", "UINT8", [1.5], "integers"),
+    "uint8_string": ("clip", "UINT8", ["7"], "integers"),
+    "uint8_bool": ("clip", "UINT8", [1, True], "integers"),
+    "uint8_over_range": ("clip", "UINT8", [256], "[0, 255]"),
+    "uint8_negative": ("clip", "UINT8", [-1], "[0, 255]"),
+    "bool_string": ("view_mask", "BOOL", ["false"], "true or false"),
+    "bool_number": ("view_mask", "BOOL", [0], "true or false"),
+    "ragged_rows": ("clip", "UINT8", [[1, 2], [3]], "equal length"),
+    "fp32_string": ("x", "FP32", ["1.5"], "numbers"),
+    "fp16_overflow": ("x", "FP16", [1e6], "range"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAX_JSON))
+def test_json_tensor_values_are_strict_per_datatype(case: str) -> None:
+    name, datatype, data, says = LAX_JSON[case]
+    tensor = {"name": name, "shape": [len(data)], "datatype": datatype, "data": data}
+    body = json.dumps({"inputs": [tensor]}).encode()
+    with pytest.raises(BadTensorError, match=re.escape(says)):
+        parse_infer_request(body, None)
+
+
+def test_json_tensors_take_exact_values_flat_or_in_equal_rows() -> None:
+    tensors = [
+        {"name": "clip", "shape": [2, 2], "datatype": "UINT8", "data": [[0, 255], [7, 8]]},
+        {"name": "view_mask", "shape": [1, 3], "datatype": "BOOL", "data": [True, False, True]},
+        {"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2.5]},
+    ]
+    _, arrays = parse_infer_request(json.dumps({"inputs": tensors}).encode(), None)
+    np.testing.assert_array_equal(arrays["clip"], np.array([[0, 255], [7, 8]], np.uint8))
+    np.testing.assert_array_equal(arrays["view_mask"], [[True, False, True]])
+    assert arrays["x"].dtype == np.float32 and arrays["x"].tolist() == [1.0, 2.5]
+
+
+def test_v2_answers_a_lax_json_tensor_with_400_bad_tensor(server: Server) -> None:
+    mask = {"name": "view_mask", "shape": [1, 3], "datatype": "BOOL", "data": ["false"] * 3}
+    clip = {"name": "clip", "shape": [1, 3, 4, 1, 32, 32], "datatype": "UINT8", "data": [0] * 12288}
+    r = httpx.post(f"{server.url}/v2/models/{DROPOUT_MODEL}/infer", json={"inputs": [clip, mask]})
+    assert (r.status_code, r.json()["error"]) == (400, "bad_tensor")
+    assert "view_mask" in r.json()["detail"] and "true or false" in r.json()["detail"]
