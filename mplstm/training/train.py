@@ -174,7 +174,7 @@ def train_one_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         with precision.autocast(device):
-            logits = model(batch.frames, batch.view_mask)
+            logits = model(batch.frames, batch.view_mask, batch.lengths)
             losses = criterion(logits.float(), batch.labels) * weights
             loss = losses.sum() * (sampler.num_replicas / sampler.clips_in(state.batches))
         optimizer.zero_grad(set_to_none=True)
@@ -261,6 +261,7 @@ def _preprocess(config: DataConfig, spec: DataSpec) -> PreprocessConfig:
             std=values("std", 1.0),
             view_names=spec.view_names,
             sync_tolerance_s=config.sync_tolerance_s,
+            fps=config.fps or None,
         )
     except ValueError as exc:
         raise ConfigError(f"[data]: {exc}") from exc
