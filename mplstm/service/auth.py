@@ -10,6 +10,7 @@ import hmac
 import logging
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from mplstm.service.errors import UnauthorizedError
 
@@ -25,8 +26,8 @@ def keys_match(given: str, keys: frozenset[str]) -> bool:
     return found
 
 
-def presented_key(request: Request) -> str | None:
-    """The key a request carries, from either header."""
+def presented_key(request: HTTPConnection) -> str | None:
+    """The key a request (or a WebSocket handshake) carries, from either header."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():

@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from mplstm.service.stream_metrics import StreamMetrics
+
 STAGES = ("decode", "queue", "inference", "total")
 # Seconds: from a fraction of a millisecond (a cached tiny batch) to a slow 30 s request.
 _LATENCY_BUCKETS = (
@@ -58,6 +60,7 @@ class ServiceMetrics:
         self.models_loaded = Gauge(
             "nv_models_loaded", "Models loaded and serving.", registry=self.registry
         )
+        self.stream = StreamMetrics(self.registry)  # live sessions (docs/streaming.md)
 
     def observe_stages(self, model: str, seconds: dict[str, float]) -> None:
         """Record one request's per-stage times (seconds)."""

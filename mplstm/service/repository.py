@@ -17,6 +17,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mplstm.core.cpus import threads_per_worker
 from mplstm.core.package import (
     ModelPackage,
@@ -29,10 +31,12 @@ from mplstm.core.preprocess import PreprocessConfig
 from mplstm.inference.backend import Backend, BackendUnavailableError, warm_up
 from mplstm.inference.options import Placement, resolve_placement
 from mplstm.inference.select import open_backend
+from mplstm.inference.step import StepBackend
 from mplstm.service.batcher import DynamicBatcher
 from mplstm.service.errors import ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from mplstm.service.metrics import ServiceMetrics
 from mplstm.service.settings import Settings
+from mplstm.service.step_scheduler import StepScheduler
 from mplstm.service.video_workers import VideoWorkers, WorkerQueue
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,8 @@ class LoadedModel:
     batcher: DynamicBatcher
     # Set where the video route infers in the workers (Placement.WORKERS), else the batcher.
     worker_queue: WorkerQueue | None = None
+    # Live packages: the continuous-batching scheduler of their streaming sessions.
+    live: StepScheduler | None = None
 
     @property
     def placement(self) -> Placement:
@@ -66,6 +72,18 @@ class LoadedModel:
     @property
     def version(self) -> str:
         return self.package.path.name
+
+
+def warm_up_step(step: StepBackend, manifest: PackageManifest) -> None:
+    """One zero step, so the first session does not pay for lazy initialisation."""
+    pre = manifest.preprocess
+    clip = np.zeros((1, len(manifest.view_names), 1, pre.channels, pre.height, pre.width), np.uint8)
+    mask = np.ones((1, len(manifest.view_names)), bool)
+    try:
+        step.run(clip, mask, step.zero_state(1))
+    except Exception as exc:  # whatever the runtime raises, the model cannot stream
+        step.close()
+        raise BackendUnavailableError(f"step model warm-up failed: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -158,7 +176,7 @@ class ModelRepository:
             folder = self._latest(name)
             self._wanted.add(name)
             try:
-                package, backend = await asyncio.to_thread(self._open, folder)
+                package, backend, step = await asyncio.to_thread(self._open, folder)
                 worker_queue = await self._worker_queue(name, package, backend)
             except (PackageError, BackendUnavailableError, OSError, ValueError) as exc:
                 reason = str(exc)
@@ -168,7 +186,7 @@ class ModelRepository:
                 if old is None:
                     self._failures[name] = reason
                 raise ModelLoadError(f"model {name!r} failed to load: {reason}{keeps}") from exc
-            model = self._start(name, package, backend, worker_queue)
+            model = self._start(name, package, backend, worker_queue, step)
             old = self._models.get(name)
             self._models[name] = model
             self._failures.pop(name, None)
@@ -213,12 +231,20 @@ class ModelRepository:
             )
         return versions[-1]
 
-    def _open(self, folder: Path) -> tuple[ModelPackage, Backend]:
-        """Verify, open and warm up a package (blocking: runs in a thread)."""
+    def _open(self, folder: Path) -> tuple[ModelPackage, Backend, StepBackend | None]:
+        """Verify, open and warm up a package, and a live one's step model (blocking)."""
         package = load_package(folder)
         backend = open_backend(package, self.settings.backend_options())
         warm_up(backend, package.manifest)
-        return package, backend
+        step = None
+        if package.manifest.live:
+            try:
+                step = StepBackend.open(package, self.settings.backend_options())
+                warm_up_step(step, package.manifest)
+            except BackendUnavailableError:
+                backend.close()
+                raise
+        return package, backend, step
 
     async def _worker_queue(
         self, name: str, package: ModelPackage, backend: Backend
@@ -256,7 +282,19 @@ class ModelRepository:
         package: ModelPackage,
         backend: Backend,
         worker_queue: WorkerQueue | None,
+        step: StepBackend | None = None,
     ) -> LoadedModel:
+        live = None
+        if step is not None:
+            live = StepScheduler(
+                name,
+                step,
+                max_sessions=self.settings.max_sessions,
+                max_batch=self.settings.stream_max_batch,
+                max_delay_s=self.settings.stream_max_delay_ms / 1000,
+                metrics=self.metrics.stream,
+            )
+            live.start()
         batcher = DynamicBatcher(
             name,
             backend.infer,
@@ -266,9 +304,12 @@ class ModelRepository:
             metrics=self.metrics,
         )
         batcher.start()
-        return LoadedModel(name, package, backend, batcher, worker_queue)
+        return LoadedModel(name, package, backend, batcher, worker_queue, live)
 
     async def _retire(self, model: LoadedModel) -> None:
+        if model.live is not None:
+            await model.live.stop()
+            model.live.backend.close()
         if model.worker_queue is not None:
             await model.worker_queue.stop()
         await model.batcher.stop()
