@@ -73,21 +73,27 @@ def is_file(source: str) -> bool:
     return os.path.isfile(source)
 
 
-def file_frames(options: StreamOptions, shape: tuple[int, int, int]) -> tuple[list[Frame], float]:
-    """Every frame of file views in time order, and the views' common duration."""
+def file_frames(
+    options: StreamOptions, shape: tuple[int, int, int]
+) -> tuple[list[Frame], float, float]:
+    """Every frame of file views in time order, the views' common duration, and the widest
+    gap between two frames of a view (how long after an end its frames may still count)."""
     channels, height, width = shape
     frames: list[Frame] = []
     durations = {}
+    gap = 0.0
     for name, source in options.views.items():
         view = decode_view(
             source, height=height, width=width, channels=channels, limits=options.limits, view=name
         )
         durations[name] = view.info.duration_s
+        if len(view.timestamps) > 1:
+            gap = max(gap, float(np.diff(view.timestamps).max()))
         frames.extend(
             (float(t), name, pixels) for t, pixels in zip(view.timestamps, view.take(), strict=True)
         )
     frames.sort(key=lambda f: (f[0], list(options.views).index(f[1])))
-    return frames, common_duration(durations, options.sync_tolerance_s)
+    return frames, common_duration(durations, options.sync_tolerance_s), gap
 
 
 def live_frames(
@@ -207,9 +213,9 @@ async def _session(
 
 async def _send(ws: Any, options: StreamOptions, shape: tuple[int, int, int], files: bool) -> None:
     if files:
-        frames, duration = await asyncio.to_thread(file_frames, options, shape)
+        frames, duration, gap = await asyncio.to_thread(file_frames, options, shape)
         utterances = list(options.utterances) or [(0.0, duration)]
-        await _send_timeline(ws, options, frames, utterances)
+        await _send_timeline(ws, options, frames, utterances, gap)
         return
     stop = threading.Event()
     started = False
@@ -230,20 +236,32 @@ async def _send(ws: Any, options: StreamOptions, shape: tuple[int, int, int], fi
 
 
 async def _send_timeline(
-    ws: Any, options: StreamOptions, frames: list[Frame], utterances: list[tuple[float, float]]
+    ws: Any,
+    options: StreamOptions,
+    frames: list[Frame],
+    utterances: list[tuple[float, float]],
+    lag: float,
 ) -> None:
-    """Frames and utterance marks in time order; paced by the frames' times with `realtime`."""
-    marks = sorted([(s, "start") for s, _ in utterances] + [(e, "end") for _, e in utterances])
+    """Frames and utterance marks in time order; paced by the frames' times with `realtime`.
+
+    An end goes out `lag` after its time: a frame just past the end may still be the one
+    nearest the utterance's last step (as it is offline), so it must arrive first.
+    """
+    # ... but before the next utterance starts ("end" sorts before "start" at one time).
+    starts = [s for s, _ in utterances[1:]] + [float("inf")]
+    sent_at = [min(e + lag, after) for (_, e), after in zip(utterances, starts, strict=True)]
+    marks = sorted([(s, "start") for s, _ in utterances] + [(t, "end") for t in sent_at])
+    ends = {t: e for t, (_, e) in zip(sent_at, utterances, strict=True)}
     began = time.perf_counter()
     queue = list(marks)
     heapq.heapify(queue)
     for batch in group(frames, options.group_s):
         while queue and queue[0][0] <= batch[0][0]:
             t, kind = heapq.heappop(queue)
-            await ws.send(json.dumps({"type": kind, "t": t}))
+            await ws.send(json.dumps({"type": kind, "t": ends.get(t, t) if kind == "end" else t}))
         if options.realtime:
             await asyncio.sleep(max(0.0, batch[-1][0] - (time.perf_counter() - began)))
         await ws.send(encode(batch, options.image_format))
     while queue:
         t, kind = heapq.heappop(queue)
-        await ws.send(json.dumps({"type": kind, "t": t}))
+        await ws.send(json.dumps({"type": kind, "t": ends.get(t, t) if kind == "end" else t}))
