@@ -21,7 +21,7 @@ from mplstm.inference.backend import BackendUnavailableError
 from mplstm.inference.onnxruntime import choose_providers, session_options
 from mplstm.inference.options import BackendOptions
 
-_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 
 
 @dataclass(frozen=True)
