@@ -99,7 +99,7 @@ async def one_session(
         [frames[v, k % frames.shape[1]].tobytes() for v in range(len(views))]
         for k in range(frames.shape[1])
     ]
-    async with connect(url, max_size=2**24) as ws:
+    async with connect(url, max_size=2**24, compression=None) as ws:  # as mplstm stream
         await ws.recv()  # ready
         await ws.send(json.dumps({"type": "start", "t": 0.0}))
 
@@ -296,6 +296,10 @@ Rerun: `{COMMAND}`. Machine: {report.machine()}. Date: {report.today()}. onnxrun
 """
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--package", type=Path, default=Path("models/demo-lipreading-live/1"))
@@ -313,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--no-write", action="store_true", help="print, do not write docs/benchmarks.md"
+    )
+    parser.add_argument(
+        "--live-ladder", type=_ints, default=LIVE_LADDER, help="session counts, e.g. 8,16,32"
+    )
+    parser.add_argument("--window-ladder", type=_ints, default=WINDOW_LADDER, help="session counts")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="MPLSTM_X=V", help="extra server settings"
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -342,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             "MPLSTM_STREAM_MAX_DELAY_MS": str(args.max_delay_ms),
             "MPLSTM_DECODE_WORKERS": "1",
             "MPLSTM_DEFAULT_MODEL": package.name,
+            **dict(item.split("=", 1) for item in args.env),
         }
         command = (
             str(PYTHON),
@@ -356,8 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         server = Server("stream", command, port, "/v2/health/ready", env, True)
         with running([server], work) as pids:
             pid = pids["stream"]
-            live = ladder(server, pid, package.name, LIVE_LADDER, views, clip, fps, args)
-            window = ladder(server, pid, "window-baseline", WINDOW_LADDER, views, clip, fps, args)
+            live = ladder(server, pid, package.name, args.live_ladder, views, clip, fps, args)
+            window = ladder(
+                server, pid, "window-baseline", args.window_ladder, views, clip, fps, args
+            )
     loads.append(uptime())
     text = markdown(live, window, floor, package, frames_t, fps, loads, args)
     print(text)

@@ -13,7 +13,8 @@ nearest frame (`nearest_frames`); live sessions apply the same two functions onl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -69,6 +70,15 @@ def steps_before(end: float, fps: float) -> int:
     while step_time(count, fps) < end:
         count += 1
     return count
+
+
+def nearest_frame(timestamps: Sequence[float], t: float) -> int:
+    """`nearest_frames` for one time: the same rule (ties: the earlier frame), in plain
+    Python, for a live session's few buffered frames (numpy's call overhead is most of a
+    step's sync cost there). Tested against `nearest_frames`."""
+    right = min(bisect.bisect_left(timestamps, t), len(timestamps) - 1)
+    left = max(right - 1, 0)
+    return right if abs(timestamps[right] - t) < abs(t - timestamps[left]) else left
 
 
 def nearest_frames(timestamps: np.ndarray, times: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -239,7 +240,10 @@ class ModelRepository:
         step = None
         if package.manifest.live:
             try:
-                step = StepBackend.open(package, self.settings.backend_options())
+                options = dataclasses.replace(
+                    self.settings.backend_options(), threads=self.settings.stream_intra_op_threads
+                )
+                step = StepBackend.open(package, options)
                 warm_up_step(step, package.manifest)
             except BackendUnavailableError:
                 backend.close()

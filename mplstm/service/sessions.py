@@ -17,6 +17,7 @@ continuous-batching scheduler (`step_scheduler`); this object only forms steps.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mplstm.core.ranking import top_k
-from mplstm.core.sync import nearest_frames, step_time, steps_before
+from mplstm.core.sync import nearest_frame, step_time, steps_before
 from mplstm.service.stream_protocol import POLICY, StreamClosed, bad
 
 
@@ -77,8 +78,8 @@ class ViewBuffer:
     """One view's buffered frames in time order, and the newest time it ever sent."""
 
     def __init__(self) -> None:
-        self.times: deque[float] = deque()
-        self.frames: deque[np.ndarray] = deque()
+        self.times: list[float] = []
+        self.frames: list[np.ndarray] = []
         self.last: float | None = None
 
     def add(self, t: float, pixels: np.ndarray) -> None:
@@ -88,21 +89,18 @@ class ViewBuffer:
 
     def nearest(self, t: float) -> np.ndarray:
         """The buffered frame nearest `t` (ties: the earlier), as core's offline rule."""
-        index = int(nearest_frames(np.fromiter(self.times, float), np.array([t]))[0])
-        return self.frames[index]
+        return self.frames[nearest_frame(self.times, t)]
 
     def keep_from(self, t: float) -> int:
         """Drop frames that cannot be nearest to any time >= t; returns how many went."""
-        dropped = 0
-        while len(self.times) > 1 and self.times[1] <= t:
-            self.times.popleft()
-            self.frames.popleft()
-            dropped += 1
-        return dropped
+        # Every frame before the last one at or before t (a buffer holds few frames).
+        dropped = bisect.bisect_right(self.times, t) - 1
+        if dropped > 0:
+            del self.times[:dropped], self.frames[:dropped]
+        return max(dropped, 0)
 
     def drop_oldest(self) -> None:
-        self.times.popleft()
-        self.frames.popleft()
+        del self.times[0], self.frames[0]
 
 
 # A message to the client, or the close that ends the session.

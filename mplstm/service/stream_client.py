@@ -158,7 +158,9 @@ async def run_stream(options: StreamOptions, on_message: Callable[[dict[str, Any
     headers = {"X-API-Key": options.api_key} if options.api_key else {}
     url = stream_url(options.url, options.model, options.top_k, options.every)
     try:
-        async with connect(url, additional_headers=headers, max_size=2**24) as ws:
+        # No per-message deflate: raw pixels barely compress and zlib costs the server more
+        # CPU per frame than the rest of a step (--format jpeg saves bandwidth instead).
+        async with connect(url, additional_headers=headers, max_size=2**24, compression=None) as ws:
             ready = json.loads(await ws.recv())
             on_message(ready)
             if ready.get("type") != "ready":

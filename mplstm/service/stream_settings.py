@@ -34,6 +34,10 @@ class StreamSettings(BaseSettings):
     stream_max_delay_ms: float = Field(2.0, ge=0, le=1000)
     # Running predictions every K steps by default (a session may ask for its own `every`).
     stream_update_every: int = Field(1, gt=0)
+    # ONNX Runtime threads of a live model's step session (0: ONNX Runtime's default). One
+    # leaves the other cores to the event loop, which parses every session's messages; a
+    # step batch is small, so a second thread saves little (docs/benchmarks.md, stream).
+    stream_intra_op_threads: int = Field(1, ge=0, le=256)
 
     @model_validator(mode="after")
     def _buffer_outlasts_silence(self) -> StreamSettings:

@@ -10,6 +10,7 @@ from mplstm.core.preprocess import PreprocessConfig, load_clip
 from mplstm.core.sync import (
     common_duration,
     fixed_rate_times,
+    nearest_frame,
     nearest_frames,
     sample_times,
     step_time,
@@ -141,3 +142,13 @@ def test_fixed_rate_sampling_follows_the_clip_length_and_shows_the_same_moments(
     for v, written in enumerate(views):
         nearest = np.abs(written.times[:, None] - clip.timestamps[None, :]).argmin(axis=0)
         np.testing.assert_array_equal(shown_ms[v], written.codes[nearest], err_msg=f"view {v}")
+
+
+def test_nearest_frame_for_one_time_follows_the_same_rule_as_nearest_frames():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        stamps = np.sort(rng.choice(np.arange(0, 2, 0.02), rng.integers(1, 30), replace=False))
+        times = np.concatenate([rng.uniform(-0.2, 2.2, 10), stamps, (stamps[:-1] + stamps[1:]) / 2])
+        expected = nearest_frames(stamps, times)
+        got = [nearest_frame(stamps.tolist(), float(t)) for t in times]
+        np.testing.assert_array_equal(got, expected)
