@@ -99,16 +99,24 @@ def file_frames(
 def live_frames(
     options: StreamOptions, shape: tuple[int, int, int], stop: threading.Event
 ) -> Iterator[Frame]:
-    """Frames of live sources as they arrive (one decoding thread per view)."""
+    """Frames of live sources as they arrive (one decoding thread per view).
+
+    With `realtime`, each view's frames are released at their own timestamps, as a
+    camera would deliver them (a URL to a recording, say), so views arrive interleaved.
+    """
     import queue
 
     arrived: queue.Queue[Frame | None] = queue.Queue(maxsize=256)
+
+    began = time.perf_counter()
 
     def decode(name: str, source: str) -> None:
         try:
             for frame in iter_frames(source, FrameScaler(*shape)):
                 if stop.is_set():
                     break
+                if options.realtime:
+                    time.sleep(max(0.0, began + frame.t - time.perf_counter()))
                 arrived.put((frame.t, name, frame.pixels))
         finally:
             arrived.put(None)

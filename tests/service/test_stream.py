@@ -390,3 +390,35 @@ def test_stream_metrics_are_exported(live_server: Server) -> None:
         "mplstm_stream_buffered_frames",
     ):
         assert name in text, name
+
+
+def test_a_live_source_url_is_decoded_as_it_arrives_and_streams_one_utterance(
+    live_server: Server, clips: list[dict[str, Path]]
+) -> None:
+    # "file:" URLs go through FFmpeg's protocol layer as an RTSP/HTTP/UDP source would:
+    # frames are sent as they decode (at their own pace, as cameras deliver them), one
+    # utterance from the first frame to the last.
+    views = [f"--view={name}=file:{path}" for name, path in clips[2].items()]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mplstm",
+            "stream",
+            "--url",
+            live_server.url,
+            "--model",
+            LIVE_MODEL,
+            *views,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    final = lines[-1]
+    # 20 frames at 25 fps, the last at 0.76 s: steps at 0.05 ... 0.75 s.
+    assert final["type"] == "final" and final["steps"] == 8
+    assert not [m for m in lines if m["type"] == "view"]
