@@ -14,7 +14,9 @@ Every server message is handed to `on_message` (the CLI prints it as one JSON li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
+import itertools
 import json
 import os
 import threading
@@ -108,16 +110,28 @@ def live_frames(
 
     arrived: queue.Queue[Frame | None] = queue.Queue(maxsize=256)
 
-    began = time.perf_counter()
+    clock = [time.perf_counter()]  # set again once every source has delivered a frame
+
+    def start_clock() -> None:
+        clock[0] = time.perf_counter()
+
+    opened = threading.Barrier(len(options.views), action=start_clock)
 
     def decode(name: str, source: str) -> None:
+        frames = iter_frames(source, FrameScaler(*shape))
         try:
-            for frame in iter_frames(source, FrameScaler(*shape)):
+            first = next(frames, None)  # the source is open and delivering
+            with contextlib.suppress(threading.BrokenBarrierError):
+                opened.wait()  # every camera starts together, as a rig's would
+            for frame in itertools.chain([first] if first else [], frames):
                 if stop.is_set():
                     break
                 if options.realtime:
-                    time.sleep(max(0.0, began + frame.t - time.perf_counter()))
+                    time.sleep(max(0.0, clock[0] + frame.t - time.perf_counter()))
                 arrived.put((frame.t, name, frame.pixels))
+        except BaseException:
+            opened.abort()  # the other views go on without this one
+            raise
         finally:
             arrived.put(None)
 
@@ -193,7 +207,7 @@ async def _session(
     on_message: Callable[[dict[str, Any]], None],
 ) -> bool:
     files = all(is_file(s) for s in options.views.values())
-    expected = len(options.utterances) if options.utterances or not files else 1
+    expected = len(options.utterances) or 1  # no --utterance: one, over the whole stream
     finals = 0
     closed: dict[str, Any] = {}
 

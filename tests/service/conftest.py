@@ -66,8 +66,10 @@ def live_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def live_server(live_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server of the live repository with small session limits (`LIVE_ENV`)."""
-    srv = Server(live_repo, tmp_path_factory.mktemp("live-server") / "server.log", dict(LIVE_ENV))
+    """`mplstm serve` of the live repository with small session limits (`LIVE_ENV`)."""
+    # `mplstm serve`: its WebSocket settings (sans-I/O implementation, no deflate, size cap).
+    log = tmp_path_factory.mktemp("live-server") / "server.log"
+    srv = Server(live_repo, log, dict(LIVE_ENV), command="mplstm")
     srv.start()
     yield srv
     srv.stop()

@@ -409,6 +409,7 @@ def test_a_live_source_url_is_decoded_as_it_arrives_and_streams_one_utterance(
             live_server.url,
             "--model",
             LIVE_MODEL,
+            "--realtime",
             *views,
         ],
         capture_output=True,
