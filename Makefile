@@ -71,6 +71,7 @@ bench: venv $(TRITON_VENV)/.installed
 	$(BIN)/python bench/score.py --model models/demo-lipreading
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/ddp.py
+	$(BIN)/python bench/stream.py
 
 # The GPU truth kit (bench/gpu; docs/benchmarks.md, GPU section): every GPU claim checked in
 # under 8 minutes on a bare NVIDIA host with Python, torch (CUDA) and Triton. No venv, nothing
