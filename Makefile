@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint format bench clean demo-models demo-lipreading demo-identity deploy-tools gpu-check
+.PHONY: venv run test lint format bench clean demo-models demo-lipreading demo-lipreading-live demo-identity deploy-tools gpu-check
 
 KERNEL_STAMP := $(VENV)/.cell_cpu
 
@@ -77,6 +77,7 @@ bench: venv $(TRITON_VENV)/.installed
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/ddp.py
+	$(BIN)/python bench/stream.py
 
 # The GPU truth kit (bench/gpu; docs/benchmarks.md, GPU section): every GPU claim checked in
 # under 8 minutes on a bare NVIDIA host with Python, torch (CUDA) and Triton. No venv, nothing
@@ -96,15 +97,32 @@ DEMO_DATA := data/demo-models
 DEMO_TRAIN := --config configs/mplstm_lipreading.toml --threads 2 --no-progress --eval-split none \
 	--epochs 20 --set data.frames=16 --set model.hidden_size=64 \
 	--set model.view_dropout=0.0 --set train.view_dropout_start_epoch=0
-demo-models: demo-lipreading demo-identity
+DEMO_LIVE_TRAIN := --config configs/mplstm_live.toml --threads 2 --no-progress --eval-split none \
+	--epochs 20 --set model.hidden_size=64 --set model.view_dropout=0.2 --set train.view_dropout_start_epoch=0
+demo-models: demo-lipreading demo-lipreading-live demo-identity
+
+# The lip-reading data and example clips, shared by the bidirectional and the live demo
+# (the same seeds give the same files).
+LIP_SYNTH := $(BIN)/mplstm synth $(DEMO_DATA)/lipreading --task lipreading --speakers 10 --words 5 --clips-per-pair 8 --seed 0 --no-progress
+LIP_EXAMPLES := $(BIN)/mplstm synth models/examples/lipreading --task lipreading --first-speaker 11 --speakers 2 --words 5 --clips-per-pair 2 --seed 1 --split test --no-progress
 
 # Lip reading with view dropout: the service then takes clips with a camera missing.
 demo-lipreading: venv
 	rm -rf $(DEMO_DATA)/lipreading runs/demo-lipreading models/demo-lipreading models/examples/lipreading
-	$(BIN)/mplstm synth $(DEMO_DATA)/lipreading --task lipreading --speakers 10 --words 5 --clips-per-pair 8 --seed 0 --no-progress
-	$(BIN)/mplstm synth models/examples/lipreading --task lipreading --first-speaker 11 --speakers 2 --words 5 --clips-per-pair 2 --seed 1 --split test --no-progress
+	$(LIP_SYNTH)
+	$(LIP_EXAMPLES)
 	$(BIN)/mplstm train --data $(DEMO_DATA)/lipreading/manifest.jsonl --out runs/demo-lipreading $(DEMO_TRAIN) --set model.view_dropout=0.2
 	$(BIN)/mplstm export runs/demo-lipreading/best.pt --out models/demo-lipreading/1 --eval-data models/examples/lipreading/manifest.jsonl
+
+# The live (causal) lip-reading model on the same data and sizes (configs/mplstm_live.toml
+# at demo-lipreading's: hidden 64, 20 epochs, view dropout 0.2 from the first step), sampled
+# at 12.5 steps/s; its package adds model.step.onnx for streaming sessions (docs/streaming.md).
+demo-lipreading-live: venv
+	rm -rf runs/demo-lipreading-live models/demo-lipreading-live
+	test -f $(DEMO_DATA)/lipreading/manifest.jsonl || $(LIP_SYNTH)
+	test -f models/examples/lipreading/manifest.jsonl || $(LIP_EXAMPLES)
+	$(BIN)/mplstm train --data $(DEMO_DATA)/lipreading/manifest.jsonl --out runs/demo-lipreading-live $(DEMO_LIVE_TRAIN)
+	$(BIN)/mplstm export runs/demo-lipreading-live/best.pt --out models/demo-lipreading-live/1 --eval-data models/examples/lipreading/manifest.jsonl
 
 # Identity without view dropout (it kept the model to the frontal cue: 55%, docs/results.md):
 # the service then asks for every camera.

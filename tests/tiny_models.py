@@ -19,9 +19,13 @@ def save_tiny_checkpoint(
     views: tuple[str, ...] = TINY_VIEWS,
     labels: tuple[str, ...] = TINY_LABELS,
     seed: int = 0,
+    fps: float | None = None,
     **config: Any,
 ) -> Path:
-    """An untrained small model of `family` saved as a checkpoint (8 frames of 32x32 gray)."""
+    """An untrained small model of `family` saved as a checkpoint (8 frames of 32x32 gray).
+
+    With `fps`, a live model: causal, forward only, frames sampled at that rate.
+    """
     import torch
 
     from mplstm.core.preprocess import PreprocessConfig
@@ -33,6 +37,8 @@ def save_tiny_checkpoint(
     fields["widths"] = (8, 8, 16)
     if family in RECURRENT_FAMILIES:
         fields["hidden_size"] = 16
+    if fps is not None:
+        fields.update(causal=True, bidirectional=False)
     model = get_model(family, **{**fields, **config})
     meta = CheckpointMeta(
         model_name=family,
@@ -40,7 +46,7 @@ def save_tiny_checkpoint(
         labels=labels,
         view_names=views,
         view_yaws=YAWS.get(views),
-        preprocess=PreprocessConfig(frames=8, height=32, width=32, channels=1),
+        preprocess=PreprocessConfig(frames=8, height=32, width=32, channels=1, fps=fps),
         task="lipreading",
     )
     return save_checkpoint(path, model, meta)

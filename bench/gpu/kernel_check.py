@@ -10,6 +10,9 @@ Y, Y_h and Y_c against the interpreter tests' tolerance for its dtype
 - `mplstm_recurrence_triton`: `mplstm.training.cell.recurrence`'s contract (projections
   prepared outside), checked against `recurrence` itself.
 
+Cases marked "initial state" start from a random (h0, c0), as a live session's step
+model does (DESIGN.md §2): the layer takes it as `state=`, the kernel as h0/c0.
+
 The test-size cases mirror tests/export/test_kernel.py (B=5, T=6, P=3, D=20, U=48, the
 tests' masks and lengths); the serving-size cases (B=32, T=30, P=5, D=U=256) run on the
 GPU only: Triton's interpreter would take minutes over them.
@@ -18,7 +21,6 @@ GPU only: Triton's interpreter would take minutes over them.
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,10 +57,14 @@ class Case:
     spread: bool  # weights in ±0.5 (fp32, as the tests) or the layer's own init
     options: dict[str, Any] = field(default_factory=dict)  # MPLSTM keyword arguments
     reverse: bool = False  # recurrence cases: run the reverse direction
+    state: bool = False  # start from a random initial (h0, c0)
 
     @property
     def label(self) -> str:
         return f"{self.entry} {self.dtype} {self.name}"
+
+
+STATE = {"state": True}
 
 
 CASES = (
@@ -87,11 +93,29 @@ CASES = (
         reverse=True,
     ),
     Case("forward", "recurrence", "fp16", TEST, False),
+    # Initial state, the layer's own init (with every weight in ±0.5 and a random state on
+    # top, fp32 rounding alone reaches the 1e-5 of the table).
+    Case("forward initial state", "layer", "fp32", TEST, False, **STATE),
+    Case("bidirectional initial state", "layer", "fp32", TEST, False, BIDIR, **STATE),
+    Case("forward initial state", "layer", "fp16", TEST, False, **STATE),
+    Case("reverse initial state", "recurrence", "fp32", TEST, False, BIDIR, True, **STATE),
+    Case("serving forward initial state", "layer", "fp32", SERVING, False, **STATE),
+    Case("serving forward initial state", "layer", "fp16", SERVING, False, **STATE),
     Case("serving bidirectional", "layer", "fp32", SERVING, False, BIDIR),
     Case("serving bidirectional", "layer", "fp16", SERVING, False, BIDIR),
     Case("serving forward", "recurrence", "fp32", SERVING, False),
     Case("serving forward", "recurrence", "fp16", SERVING, False),
 )
+
+
+def initial_state(case: Case, dirs: int, device: str) -> tuple[Tensor, Tensor] | None:
+    """A random (h0, c0) [dirs, B, U] for a state case (fp64), else None."""
+    if not case.state:
+        return None
+    gen = torch.Generator().manual_seed(SEED + 1)
+    shape = (dirs, case.shape.batch, case.shape.hidden)
+    h0, c0 = (torch.randn(shape, generator=gen, dtype=torch.float64) * 0.5 for _ in range(2))
+    return h0.to(device), c0.to(device)
 
 
 def run_layer_case(case: Case, device: str) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
@@ -100,15 +124,26 @@ def run_layer_case(case: Case, device: str) -> tuple[tuple[Tensor, ...], tuple[T
 
     layer = make_layer(case.shape, SEED, case.spread, **case.options)
     x, mask, lengths = make_inputs(case.shape, SEED, device)
+    state = initial_state(case, 2 if layer.bidirectional else 1, device)
+    dtype = DTYPES[case.dtype]
     # The eager layer on every device (on the CPU stand-in, not the fused CPU kernel).
     with torch.no_grad(), cell_cpu.disabled():
-        out, (h_n, c_n) = copy.deepcopy(layer).double().to(device)(x.double(), mask, lengths)
-        dtype = DTYPES[case.dtype]
+        layer64 = copy.deepcopy(layer).double().to(device)
+        out, (h_n, c_n) = layer64(x.double(), mask, lengths, state=state)
         w, r, b, p = (
             None if t is None else t.to(device=device, dtype=dtype) for t in node_weights(layer)
         )
         got = mplstm_layer_triton(
-            x.to(dtype), mask, lengths, w, r, b, p, layer.bidirectional, layer.recurrent_activation
+            x.to(dtype),
+            mask,
+            lengths,
+            w,
+            r,
+            b,
+            p,
+            layer.bidirectional,
+            layer.recurrent_activation,
+            *(() if state is None else (t.to(dtype) for t in state)),
         )
     return (out, h_n, c_n), got
 
@@ -128,10 +163,12 @@ def run_recurrence_case(case: Case, device: str) -> tuple[tuple[Tensor, ...], tu
     steps = case.shape.steps
     valid = (torch.arange(steps, device=device)[:, None] < lengths[None, :]).unsqueeze(-1)
     dtype = DTYPES[case.dtype]
+    state = initial_state(case, 1, device)
+    h0, c0 = (None, None) if state is None else (state[0][0], state[1][0])
     with torch.no_grad():
         layer64 = copy.deepcopy(layer).double().to(device)
         proj, weight_hh_t, peep = recurrence_inputs(layer64, x.double(), mask, case.reverse)
-        expected = recurrence(proj.clone(), weight_hh_t, peep, valid, case.reverse, hard)
+        expected = recurrence(proj.clone(), weight_hh_t, peep, valid, case.reverse, hard, h0, c0)
         got = mplstm_recurrence_triton(
             proj.to(dtype),
             weight_hh_t.to(dtype),
@@ -139,6 +176,7 @@ def run_recurrence_case(case: Case, device: str) -> tuple[tuple[Tensor, ...], tu
             valid,
             case.reverse,
             hard,
+            *(() if state is None else (h0.to(dtype), c0.to(dtype))),
         )
     return expected, got
 
@@ -162,7 +200,11 @@ def check_case(case: Case, ctx: Context) -> dict[str, Any]:
         "entry": f"mplstm_{case.entry}_triton",
         "dtype": case.dtype,
         "shape": case.shape.describe(),
-        "options": {**case.options, **({"reverse": True} if case.reverse else {})},
+        "options": {
+            **case.options,
+            **({"reverse": True} if case.reverse else {}),
+            **({"initial_state": "random (h0, c0)"} if case.state else {}),
+        },
         "weights": "uniform ±0.5" if case.spread else "the layer's own init",
         "masks_and_lengths": "views missing in some samples, uneven lengths",
         "max_abs_error": worst,
@@ -173,29 +215,6 @@ def check_case(case: Case, ctx: Context) -> dict[str, Any]:
         "finite": bool(all(torch.isfinite(g).all() for g in got)),
         "device": ctx.device_label,
         "seconds": round(time.perf_counter() - started, 3),
-    }
-
-
-def initial_state_case() -> dict[str, Any]:
-    """Whether the kernel takes an initial (h, c): DESIGN.md §2 says the layer does."""
-    from mplstm.export.kernel import mplstm_layer_triton, mplstm_recurrence_triton
-
-    names = set(inspect.signature(mplstm_layer_triton).parameters)
-    names |= set(inspect.signature(mplstm_recurrence_triton).parameters)
-    takes_state = any(n in names for n in ("h0", "c0", "initial_h", "initial_c", "initial_state"))
-    status = (
-        "skipped: the kernel's signature takes an initial state; this kit does not check it yet"
-        if takes_state
-        else "not supported by the kernel"
-    )
-    return {
-        "case": "initial state (h0, c0)",
-        "status": status,
-        "why": (
-            "mplstm_layer_triton and mplstm_recurrence_triton take no initial (h, c): the "
-            "kernel zeroes h and c before the first step (MPLSTM.forward takes none either), "
-            "although DESIGN.md §2 says the layer takes an optional initial (h, c)"
-        ),
     }
 
 
@@ -225,7 +244,6 @@ def run(ctx: Context) -> dict[str, Any]:
                 f"kernel {case.label} ({case.shape.describe()}): max abs error "
                 f"{result['max_abs_error']:.2e}, {verdict} {result['tolerance']:.0e}"
             )
-    cases.append(initial_state_case())
     ran = [c for c in cases if c["status"] == "ran"]
     summary = {
         "cases_ran": len(ran),

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "serve",
     "predict",
+    "stream",
     "score",
 )
 

@@ -37,8 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_views(items: list[str]) -> dict[str, Path]:
-    """NAME=FILE arguments -> {name: path}; CommandError on a malformed or repeated one."""
+def parse_views(items: list[str], files: bool = True) -> dict[str, Path]:
+    """NAME=FILE arguments -> {name: path}; CommandError on a malformed or repeated one.
+
+    files=False: a SOURCE may also be a device or a URL (`mplstm stream`).
+    """
     from mplstm.cli import CommandError
 
     views: dict[str, Path] = {}
@@ -49,7 +52,7 @@ def parse_views(items: list[str]) -> dict[str, Path]:
         if name in views:
             raise CommandError(f"view {name!r} given twice")
         path = Path(file)
-        if not path.is_file():
+        if files and not path.is_file():
             raise CommandError(f"view {name!r}: {path} is not a file")
         views[name] = path
     return views

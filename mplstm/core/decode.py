@@ -70,8 +70,30 @@ class DecodedView:
         out = np.empty((len(picked), channels, height, width), np.uint8)
         scaler = _Scaler(self.shape, _FINAL_FORMAT[channels])
         for k, frame in enumerate(picked):
-            out[k] = _cropped(scaler(frame), channels, height, width)
+            _to_array(scaler(frame), self.shape, out[k])
         return out
+
+
+class FrameScaler:
+    """Single frames (a camera's, one at a time) → uint8 [C, H, W]: the same scaling and
+    crop as a decoded view's, so live frames and video files look alike to a model."""
+
+    def __init__(self, channels: int, height: int, width: int) -> None:
+        if channels not in _SCALED_FORMAT:
+            raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
+        self.shape = (channels, height, width)
+        self._scaled = _Scaler(self.shape, _SCALED_FORMAT[channels])
+        self._final = _Scaler(self.shape, _FINAL_FORMAT[channels])
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        out = np.empty(self.shape, np.uint8)
+        _to_array(self._final(self._scaled(frame)), self.shape, out)
+        return out
+
+
+def _to_array(frame: av.VideoFrame, shape: tuple[int, int, int], out: np.ndarray) -> None:
+    """Write a frame already in its final format, covering H x W, centre-cropped into out."""
+    out[...] = _cropped(frame, *shape)
 
 
 def _cropped(frame: av.VideoFrame, channels: int, height: int, width: int) -> np.ndarray:

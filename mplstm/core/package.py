@@ -28,6 +28,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 ONNX_NAME = "model.onnx"
 ONNX_FP16_NAME = "model.fp16.onnx"
+STEP_ONNX_NAME = "model.step.onnx"  # live packages: one chunk of steps + state in and out
 TRITON_CONFIG_NAME = "config.pbtxt"
 
 
@@ -76,6 +77,60 @@ class EngineInfo:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class StateSpec:
+    """One state tensor a step model carries: in as `name`, out as `output`, batch first."""
+
+    name: str
+    output: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int, ...]  # per sequence (the batch axis, first, left out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> StateSpec:
+        return cls(
+            str(values["name"]),
+            str(values["output"]),
+            str(values["dtype"]),
+            tuple(int(d) for d in values["shape"]),
+        )
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A live package's step model (DESIGN.md §5): one chunk of frames + state in, out.
+
+    Inputs: `clip` uint8 [B, V, t, C, H, W] (any t >= 1), `view_mask` bool [B, V], then
+    every state tensor; outputs: `logits` and `probabilities` [B, classes] after the
+    chunk's last step, then every new state. A sequence starts from all-zero state.
+    """
+
+    file: str
+    state: tuple[StateSpec, ...]
+    inputs: tuple[str, ...] = ("clip", "view_mask")
+    outputs: tuple[str, ...] = ("logits", "probabilities")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "state": [s.to_dict() for s in self.state],
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> StepSpec:
+        return cls(
+            file=str(values["file"]),
+            state=tuple(StateSpec.from_dict(s) for s in values["state"]),
+            inputs=tuple(values.get("inputs") or ("clip", "view_mask")),
+            outputs=tuple(values.get("outputs") or ("logits", "probabilities")),
+        )
+
+
 @dataclass
 class PackageManifest:
     """Everything serving needs to know about a package, as stored in manifest.json."""
@@ -104,6 +159,13 @@ class PackageManifest:
     format_version: int = FORMAT_VERSION
     created: str = ""
     mplstm_version: str = ""
+    # Live packages: the step model for streaming sessions (None: offline only).
+    step: StepSpec | None = None
+
+    @property
+    def live(self) -> bool:
+        """Whether the package streams: a step model and fixed-rate sampling."""
+        return self.step is not None and self.preprocess.fps is not None
 
     @property
     def allows_missing_views(self) -> bool:
@@ -151,6 +213,7 @@ class PackageManifest:
             "files": dict(sorted(self.files.items())),
             "created": self.created,
             "mplstm_version": self.mplstm_version,
+            **({"step": self.step.to_dict()} if self.step is not None else {}),
         }
 
     @classmethod
@@ -183,6 +246,7 @@ class PackageManifest:
             files=dict(values["files"]),
             created=str(values.get("created", "")),
             mplstm_version=str(values.get("mplstm_version", "")),
+            step=StepSpec.from_dict(values["step"]) if values.get("step") else None,
         )
 
 

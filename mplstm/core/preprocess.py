@@ -1,11 +1,12 @@
 """Video files in, model input out: the one preprocessing path of training, serving and scoring.
 
 `load_clip` decodes every view (sequentially: callers parallelise across clips),
-syncs them (`core.sync`) and picks the same T sample times in every view, giving a
-uint8 [V, T, C, H, W] `Clip`. With `camera_checks` on, the sampled frames of every view
-are checked (`core.camera_checks`): a failed view is masked where the model allows
-missing views, and refused (`CameraFailedError`) where it does not. `normalize` turns
-frames into the model's float input.
+syncs them (`core.sync`) and picks the same sample times in every view, giving a
+uint8 [V, T, C, H, W] `Clip`: T times spread over the clip, or (live models, `fps`) one
+time every 1/fps seconds, so that T follows the clip's length. With `camera_checks` on,
+the sampled frames of every view are checked (`core.camera_checks`): a failed view is
+masked where the model allows missing views, and refused (`CameraFailedError`) where it
+does not. `normalize` turns frames into the model's float input.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mplstm.core.clip import Clip, ViewInfo
 from mplstm.core.decode import DecodedView, Source, decode_view
 from mplstm.core.errors import CameraFailedError, ViewNamesError
 from mplstm.core.limits import DecodeLimits
-from mplstm.core.sync import common_duration, nearest_frames, sample_times
+from mplstm.core.sync import common_duration, fixed_rate_times, nearest_frames, sample_times
 
 # A view's source, or None for an absent view (camera failed).
 ViewSource = Source | None
@@ -33,7 +34,9 @@ Views = Mapping[str, ViewSource] | Sequence[ViewSource]
 class PreprocessConfig:
     """How a model wants its clips; a model package's manifest fills it in."""
 
-    frames: int = 20  # T, sampled evenly over the time range all views cover
+    # T, sampled evenly over the time range all views cover; with `fps`, the nominal T
+    # (warm-up, export tracing, a sliding window of that many steps).
+    frames: int = 20
     height: int = 88
     width: int = 88
     channels: int = 1  # 1 grayscale, 3 RGB
@@ -50,6 +53,14 @@ class PreprocessConfig:
     # Check every view's sampled frames for a failed camera (black, blank, frozen, no
     # signal, duplicate). Off here; the service, the scorer and training turn it on.
     camera_checks: bool = False
+    # Live models: one sample every 1/fps s (`core.sync.fixed_rate_times`), as many as the
+    # clip lasts, in place of `frames` spread over it. None: spread (offline models).
+    fps: float | None = None
+
+    @property
+    def sampling(self) -> str:
+        """ "fps" (a fixed rate: live models) or "frames" (T spread over the clip)."""
+        return "frames" if self.fps is None else "fps"
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.height < 1 or self.width < 1:
@@ -68,6 +79,8 @@ class PreprocessConfig:
             raise ValueError(f"view_names has duplicates: {self.view_names}")
         if self.sync_tolerance_s < 0:
             raise ValueError(f"sync_tolerance_s must be >= 0, got {self.sync_tolerance_s}")
+        if self.fps is not None and not 0 < self.fps <= 240:
+            raise ValueError(f"fps must lie in (0, 240], got {self.fps}")
 
     def to_dict(self) -> dict:
         """Plain JSON/TOML-friendly values (checkpoints, package manifests, cache keys)."""
@@ -113,12 +126,14 @@ def load_clip(views: Views, config: PreprocessConfig) -> Clip:
     duration = common_duration(
         {name: view.info.duration_s for name, view in decoded.items()}, config.sync_tolerance_s
     )
-    times = sample_times(duration, config.frames)
-    out = np.zeros(
-        (len(names), config.frames, config.channels, config.height, config.width), np.uint8
+    times = (
+        sample_times(duration, config.frames)
+        if config.fps is None
+        else (fixed_rate_times(duration, config.fps))
     )
+    out = np.zeros((len(names), len(times), config.channels, config.height, config.width), np.uint8)
     # Samples that repeat the previous sample's frame (a view with fewer frames than T).
-    repeats = np.zeros((len(names), config.frames), bool)
+    repeats = np.zeros((len(names), len(times)), bool)
     infos = []
     for v, name in enumerate(names):
         view = decoded.get(name)

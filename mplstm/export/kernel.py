@@ -31,7 +31,11 @@ with a tl.debug_barrier() (__syncthreads) at the end of each step:
   row and discard the result.)
 - c, which only ever meets its own chunk, is read and written in place in Y_c.
 No workspace is needed (an AOT plugin gets none), and Y_h / Y_c hold the last valid
-state when the loop ends. The state is stored in the I/O dtype, so fp16 engines keep an
+state when the loop ends.
+
+An initial state (h0, c0 [dirs, B, U], ONNX LSTM's initial_h / initial_c; None: zeros)
+seeds Y_c before the first step, and the first step reads h_{t-1} from h0 instead of a
+previous output row: a live session's step model carries its state this way. The state is stored in the I/O dtype, so fp16 engines keep an
 fp16 state, as the fp16 ONNX function body does; all arithmetic is fp32.
 
 `lengths` freeze each row's state at its end (outputs past it are zero) and the reverse
@@ -40,6 +44,7 @@ direction starts at each row's own end, as in the torch layer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +72,8 @@ def mplstm_kernel(
     r_ptr,  # R [dirs, U, 4U], g block x2
     bias_ptr,  # FUSED: bias [dirs, P, 4U]; else unused (None)
     peep_ptr,  # peepholes [dirs, 4U] (zero g block), or None
+    h0_ptr,  # initial h [dirs, B, U], or None (zeros)
+    c0_ptr,  # initial c [dirs, B, U], or None (zeros)
     batch,
     steps,
     dim,
@@ -105,8 +112,13 @@ def mplstm_kernel(
     for n0 in range(0, HIDDEN, BLOCK_N):
         cols = n0 + nn
         ok = row_ok[:, None] & (cols < HIDDEN)[None, :]
-        tl.store(hn_ptr + state + cols[None, :], zero.to(hn_ptr.dtype.element_ty), mask=ok)
-        tl.store(cn_ptr + state + cols[None, :], zero.to(cn_ptr.dtype.element_ty), mask=ok)
+        h_init = zero
+        c_init = zero
+        if h0_ptr is not None:
+            h_init = tl.load(h0_ptr + state + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+            c_init = tl.load(c0_ptr + state + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        tl.store(hn_ptr + state + cols[None, :], h_init.to(hn_ptr.dtype.element_ty), mask=ok)
+        tl.store(cn_ptr + state + cols[None, :], c_init.to(cn_ptr.dtype.element_ty), mask=ok)
     tl.debug_barrier()
 
     for k in range(steps):
@@ -117,6 +129,7 @@ def mplstm_kernel(
         t_prev = tl.where(reverse & (k - 1 < length), length - k, k - 1)
         h_prev = y_ptr + (rows * steps + t_prev) * y_row + d * HIDDEN
         h_ok = row_ok & (k > 0)
+        first = row_ok & (k == 0)  # the first step reads h0 (when given)
         for n0 in range(0, HIDDEN, BLOCK_N):
             cols = n0 + nn
             c_ok = cols < HIDDEN
@@ -131,7 +144,14 @@ def mplstm_kernel(
                 ks_ok = ks < HIDDEN
                 h = tl.load(
                     h_prev[:, None] + ks[None, :], mask=h_ok[:, None] & ks_ok[None, :], other=0.0
-                ).to(w_dtype)
+                )
+                if h0_ptr is not None:
+                    h += tl.load(
+                        h0_ptr + state + ks[None, :],
+                        mask=first[:, None] & ks_ok[None, :],
+                        other=0.0,
+                    )
+                h = h.to(w_dtype)
                 r_cols = r_base + ks[:, None] * four_u + cols[None, :]
                 r_ok = ks_ok[:, None] & c_ok[None, :]
                 rec_i += tl.dot(h, tl.load(r_cols, mask=r_ok, other=0.0), input_precision=PRECISION)
@@ -235,7 +255,17 @@ def mplstm_kernel(
 
 
 KERNEL_NAME = "mplstm_kernel"
-INPUT_ARGS = ("x_ptr", "mask_ptr", "len_ptr", "w_ptr", "r_ptr", "bias_ptr", "peep_ptr")
+INPUT_ARGS = (
+    "x_ptr",
+    "mask_ptr",
+    "len_ptr",
+    "w_ptr",
+    "r_ptr",
+    "bias_ptr",
+    "peep_ptr",
+    "h0_ptr",
+    "c0_ptr",
+)
 SCALAR_ARGS = ("batch", "steps", "dim")
 OUTPUT_ARGS = ("y_ptr", "hn_ptr", "cn_ptr")
 
@@ -252,6 +282,7 @@ class KernelSpec:
     fused: bool = True  # X and W in (the node's contract), or prepared projections
     peepholes: bool = False
     hard_sigmoid: bool = False
+    initial_state: bool = False  # h0 and c0 in (ONNX's initial_h / initial_c)
     input_size: int = 16  # D: only sizes BLOCK_D
     num_warps: int = 4
 
@@ -304,6 +335,7 @@ def _launch(
     peepholes: Tensor | None,
     batch: int,
     steps: int,
+    initial: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     u, dirs = spec.hidden_size, spec.dirs
     y = x.new_empty(batch, steps, dirs * u)
@@ -314,9 +346,10 @@ def _launch(
             "the MP-LSTM Triton kernel runs on CUDA tensors, or on CPU tensors under Triton's "
             "interpreter: set TRITON_INTERPRET=1 before triton is first imported"
         )
+    h0, c0 = initial if initial is not None else (None, None)
     contiguous = [
         None if a is None else a.contiguous()
-        for a in (x, view_mask, lengths, weight_ih, weight_hh, bias, peepholes)
+        for a in (x, view_mask, lengths, weight_ih, weight_hh, bias, peepholes, h0, c0)
     ]
     mplstm_kernel[grid(spec, batch)](
         *contiguous,
@@ -345,16 +378,19 @@ def mplstm_recurrence_triton(
     valid: Tensor | None,
     reverse: bool,
     hard: bool,
+    h0: Tensor | None = None,
+    c0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`mplstm.training.cell.recurrence` on the Triton kernel: same inputs, same outputs.
 
     proj [P, B, T, 4U] from prepare_gates(); weight_hh_t [U, 4U] (g block x2); peep [4U]
     or None; valid [T, B, 1] bool, a prefix mask per row (as MPLSTM.forward builds it), or
-    None → (output [B, T, U], h_n [B, U], c_n [B, U]). Runs on CUDA tensors, or under
-    Triton's interpreter on CPU tensors.
+    None; h0, c0 [B, U] or None (zeros) → (output [B, T, U], h_n [B, U], c_n [B, U]). Runs
+    on CUDA tensors, or under Triton's interpreter on CPU tensors.
     """
     views, batch, steps, four_u = proj.shape
-    _check_dtype(proj.dtype, weight_hh_t, peep)
+    _check_dtype(proj.dtype, weight_hh_t, peep, h0, c0)
+    initial = _initial(h0, c0, (1, batch, four_u // 4))
     spec = KernelSpec(
         hidden_size=four_u // 4,
         num_views=views,
@@ -363,6 +399,7 @@ def mplstm_recurrence_triton(
         fused=False,
         peepholes=peep is not None,
         hard_sigmoid=hard,
+        initial_state=initial is not None,
     )
     if valid is None:
         lengths = torch.full((batch,), steps, dtype=torch.int32, device=proj.device)
@@ -370,8 +407,23 @@ def mplstm_recurrence_triton(
         lengths = valid.reshape(steps, batch).sum(dim=0, dtype=torch.int32)
     # prepare_gates() already saturated masked views' gates: every view is "present" here.
     mask = torch.ones(batch, views, dtype=torch.bool, device=proj.device)
-    y, h_n, c_n = _launch(spec, proj, mask, lengths, None, weight_hh_t, None, peep, batch, steps)
+    y, h_n, c_n = _launch(
+        spec, proj, mask, lengths, None, weight_hh_t, None, peep, batch, steps, initial
+    )
     return y, h_n[0], c_n[0]
+
+
+def _initial(
+    h0: Tensor | None, c0: Tensor | None, shape: tuple[int, int, int]
+) -> tuple[Tensor, Tensor] | None:
+    """(h0, c0) reshaped to [dirs, B, U], or None; both or neither."""
+    if (h0 is None) != (c0 is None):
+        raise ValueError("the MP-LSTM kernel takes both h0 and c0, or neither")
+    if h0 is None or c0 is None:
+        return None
+    if h0.numel() != math.prod(shape) or c0.numel() != math.prod(shape):
+        raise ValueError(f"h0 and c0 must be {list(shape)}, got {list(h0.shape)}")
+    return h0.reshape(shape), c0.reshape(shape)
 
 
 def mplstm_layer_triton(
@@ -384,16 +436,21 @@ def mplstm_layer_triton(
     peepholes: Tensor | None,
     bidirectional: bool,
     recurrent_activation: str,
+    initial_h: Tensor | None = None,
+    initial_c: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One MP-LSTM layer in the `mplstm::MPLSTM` node's contract, one kernel launch.
 
     x [B, T, P, D], view_mask [B, P] bool, lengths [B] int; W [dirs, P, D, 4U],
     R [dirs, U, 4U], bias [dirs, P, 4U], peepholes [dirs, 4U] or None (export layout,
-    `onnx_cell.export_weights`) → (Y [B, T, dirs*U], Y_h [dirs, B, U], Y_c [dirs, B, U]).
+    `onnx_cell.export_weights`); initial_h, initial_c [dirs, B, U] or None (zeros)
+    → (Y [B, T, dirs*U], Y_h [dirs, B, U], Y_c [dirs, B, U]).
     This is what the TensorRT plugin runs.
     """
     batch, steps, views, dim = x.shape
-    _check_dtype(x.dtype, weight_ih, weight_hh, bias, peepholes)
+    _check_dtype(x.dtype, weight_ih, weight_hh, bias, peepholes, initial_h, initial_c)
+    dirs = 2 if bidirectional else 1
+    initial = _initial(initial_h, initial_c, (dirs, batch, weight_hh.shape[1]))
     if recurrent_activation not in ("sigmoid", "hard_sigmoid"):
         raise ValueError(f"unknown recurrent_activation {recurrent_activation!r}")
     spec = KernelSpec(
@@ -404,6 +461,7 @@ def mplstm_layer_triton(
         fused=True,
         peepholes=peepholes is not None,
         hard_sigmoid=recurrent_activation == "hard_sigmoid",
+        initial_state=initial is not None,
         input_size=dim,
     )
     expected = (spec.dirs, views, dim, 4 * spec.hidden_size)
@@ -420,4 +478,5 @@ def mplstm_layer_triton(
         peepholes,
         batch,
         steps,
+        initial,
     )

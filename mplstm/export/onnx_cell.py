@@ -10,6 +10,9 @@ Node contract (one layer, both directions; weights in the export layout of
     inputs   X [B, T, P, D] float, view_mask [B, P] bool, lengths [B] int64,
              W [dirs, P, D, 4U], R [dirs, U, 4U], bias [dirs, P, 4U],
              peephole_weights [dirs, 4U] (only where the layer has peepholes)
+             initial_h [dirs, B, U], initial_c [dirs, B, U] (optional, inputs 7 and 8:
+             the state to start from, as ONNX's LSTM op takes it; peephole_weights is
+             then "" where the layer has none)
     outputs  Y [B, T, dirs*U] (zero past each sequence's end),
              Y_h [dirs, B, U], Y_c [dirs, B, U] (the states at each sequence's end)
     attrs    hidden_size, num_views, direction, recurrent_activation, peepholes,
@@ -74,11 +77,16 @@ DOMAIN_VERSION = 1
 # The TensorRT ONNX parser looks these up in its plugin registry (DESIGN.md §6).
 PLUGIN_NAMESPACE = "mplstm"
 PLUGIN_VERSION = "1"
+# Nodes with an initial state (8 tensor inputs) are another plugin for TensorRT, which
+# fixes a plugin's inputs: the same op type and version in a namespace of their own.
+STATE_PLUGIN_NAMESPACE = "mplstm_state"
 DEFAULT_OPSET = 20  # what torch.onnx.export (dynamo) emits in torch 2.13
 IR_VERSION = 10  # as torch.onnx.export; onnx 1.23 writes 14 by default, which ORT 1.31 refuses
 
 INPUTS = ("X", "view_mask", "lengths", "W", "R", "bias")
 PEEPHOLE_INPUT = "peephole_weights"
+# A live session's step model carries the state from one chunk to the next (DESIGN.md §2).
+STATE_INPUTS = ("initial_h", "initial_c")
 OUTPUTS = ("Y", "Y_h", "Y_c")
 ATTRIBUTES = (
     "hidden_size",
@@ -104,6 +112,7 @@ class CellConfig:
     bidirectional: bool = False
     recurrent_activation: Activation = "sigmoid"
     peepholes: bool = False  # the node then takes a 7th input
+    initial_state: bool = False  # inputs 8 and 9: initial_h, initial_c
 
     def __post_init__(self) -> None:
         if self.recurrent_activation not in _ACTIVATIONS:
@@ -123,7 +132,15 @@ class CellConfig:
         """The function overload (and node overload) naming this configuration."""
         direction = "bidirectional" if self.bidirectional else "forward"
         peepholes = "_peepholes" if self.peepholes else ""
-        return f"views{self.num_views}_{direction}_{self.recurrent_activation}{peepholes}"
+        state = "_state" if self.initial_state else ""
+        return f"views{self.num_views}_{direction}_{self.recurrent_activation}{peepholes}{state}"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The node's (and function's) formal inputs, in order."""
+        if self.initial_state:
+            return (*INPUTS, PEEPHOLE_INPUT, *STATE_INPUTS)
+        return (*INPUTS, PEEPHOLE_INPUT) if self.peepholes else INPUTS
 
 
 @dataclass(frozen=True)
@@ -309,12 +326,13 @@ def _lstm_layer(g: _Builder, config: CellConfig) -> None:
     bias = g("Concat", bias, g("Mul", bias, _scalar(g, 0.0)), axis=1)  # Wb, then Rb = 0
     x = g("Transpose", g("Squeeze", "X", g.const([2])), perm=[1, 0, 2])  # [T, B, D]
     lengths = g("Cast", "lengths", to=TensorProto.INT32)
+    state = list(STATE_INPUTS) if config.initial_state else []
     attrs: dict[str, object] = {"direction": "bidirectional" if config.bidirectional else "forward"}
     if config.recurrent_activation == "hard_sigmoid":
         attrs["activations"] = ["HardSigmoid", "Tanh", "Tanh"] * config.dirs
         attrs["activation_alpha"] = [_HARD_SIGMOID["alpha"]] * config.dirs
         attrs["activation_beta"] = [_HARD_SIGMOID["beta"]] * config.dirs
-    y, h_n, c_n = g("LSTM", x, w, r, bias, lengths, outputs=3, **attrs)
+    y, h_n, c_n = g("LSTM", x, w, r, bias, lengths, *state, outputs=3, **attrs)
     # ORT requires hidden_size: the node's own attribute.
     g.nodes[-1].attribute.append(helper.make_attribute_ref("hidden_size", AttributeProto.INT))
     present = g("CastLike", "view_mask", "X")  # [B, 1], 1 where the view is present
@@ -325,7 +343,11 @@ def _lstm_layer(g: _Builder, config: CellConfig) -> None:
     state_mask = g("Unsqueeze", g("Squeeze", present, axis1), g.const([0, 2]))  # [1, B, 1]
     g("Mul", h_n, state_mask)
     g.rename_last("Y_h")
-    g("Mul", c_n, state_mask)
+    if config.initial_state:
+        # A masked view leaves c as it was (c^(1) = c^(0)), as the Scan body does.
+        g("Where", g("Cast", state_mask, to=TensorProto.BOOL), c_n, "initial_c")
+    else:
+        g("Mul", c_n, state_mask)
     g.rename_last("Y_c")
 
 
@@ -380,8 +402,12 @@ def _run_scan(
     one: str,
     axis0: str,
 ) -> tuple[str, str]:
-    """The Scan over time from zero states: h and c at every step, [T, dirs, B, U]."""
-    zero = g("Expand", _scalar(g, 0.0), g("Concat", one, dirs, batch, hidden, axis=0))
+    """The Scan over time from the initial (or zero) states: h and c at every step, [T, dirs, B, U]."""
+    if config.initial_state:
+        h_0 = g("Unsqueeze", "initial_h", axis0)
+        ch_0 = g("Unsqueeze", g("Mul", "initial_c", _scalar(g, 0.5)), axis0)  # the state is c/2
+    else:
+        h_0 = ch_0 = g("Expand", _scalar(g, 0.0), g("Concat", one, dirs, batch, hidden, axis=0))
     outer = {"HALF": _scalar(g, 0.5)}
     for d, kernel in enumerate(g.split("R", config.dirs, 0)):
         outer[f"R_{d}"] = g("Squeeze", kernel, axis0)  # constant-folded by ORT
@@ -390,8 +416,8 @@ def _run_scan(
         outer["PEEP2"] = g("Unsqueeze", peep, g.const([0, 2]))
     _, _, h_seq, c_seq = g(
         "Scan",
-        zero,
-        zero,
+        h_0,
+        ch_0,
         proj,
         outputs=4,
         num_scan_inputs=1,
@@ -447,7 +473,7 @@ def _scan_outputs(
 def build_function(config: CellConfig, opset: int = DEFAULT_OPSET) -> onnx.FunctionProto:
     """The model-local function `mplstm::MPLSTM` for one layer configuration."""
     g = _Builder("")
-    inputs = list(INPUTS) + ([PEEPHOLE_INPUT] if config.peepholes else [])
+    inputs = list(config.inputs)
     if config.num_views == 1 and not config.peepholes:
         _lstm_layer(g, config)
     else:
@@ -473,7 +499,7 @@ def node_attributes(hidden_size: int, config: CellConfig) -> dict[str, object]:
         "direction": "bidirectional" if config.bidirectional else "forward",
         "recurrent_activation": config.recurrent_activation,
         "peepholes": int(config.peepholes),
-        "plugin_namespace": PLUGIN_NAMESPACE,
+        "plugin_namespace": STATE_PLUGIN_NAMESPACE if config.initial_state else PLUGIN_NAMESPACE,
         "plugin_version": PLUGIN_VERSION,
     }
 
@@ -484,11 +510,15 @@ def config_of(node: onnx.NodeProto) -> CellConfig:
     missing = {"num_views", "direction", "recurrent_activation", "peepholes"} - set(attrs)
     if missing:
         raise ValueError(f"MPLSTM node {node.name!r} lacks attributes {sorted(missing)}")
+    state = [name for name in node.input[len(INPUTS) + 1 :] if name]
+    if len(state) not in (0, len(STATE_INPUTS)):
+        raise ValueError(f"MPLSTM node {node.name!r} takes initial_h and initial_c, or neither")
     return CellConfig(
         num_views=int(attrs["num_views"]),
         bidirectional=attrs["direction"] == b"bidirectional",
         recurrent_activation=attrs["recurrent_activation"].decode(),
         peepholes=bool(attrs["peepholes"]),
+        initial_state=bool(state),
     )
 
 
@@ -500,7 +530,7 @@ def make_mplstm_node(
     name: str | None = None,
 ) -> onnx.NodeProto:
     """The `mplstm::MPLSTM` node with the attributes the body and a TensorRT plugin read."""
-    expected = len(INPUTS) + int(config.peepholes)
+    expected = len(config.inputs)
     if len(inputs) != expected or len(outputs) != len(OUTPUTS):
         raise ValueError(
             f"an MPLSTM node takes {expected} inputs and {len(OUTPUTS)} outputs, "
@@ -543,7 +573,10 @@ def single_layer_model(
     input_size: int,
     opset: int = DEFAULT_OPSET,
 ) -> onnx.ModelProto:
-    """A model of one MPLSTM node, weights as initializers, dynamic batch and time axes."""
+    """A model of one MPLSTM node, weights as initializers, dynamic batch and time axes.
+
+    With `config.initial_state`, initial_h and initial_c [dirs, B, U] are graph inputs.
+    """
     if weights.num_views != config.num_views:
         raise ValueError(f"weights for {weights.num_views} views, config for {config.num_views}")
     f32 = TensorProto.FLOAT
@@ -553,7 +586,14 @@ def single_layer_model(
         for n, a in zip(names, weights.arrays(), strict=True)
     ]
     views, hidden = config.num_views, weights.hidden_size
-    node = make_mplstm_node(["X", "view_mask", "lengths", *names], list(OUTPUTS), hidden, config)
+    node_inputs = ["X", "view_mask", "lengths", *names]
+    state_inputs = []
+    if config.initial_state:
+        node_inputs += [""] * (len(INPUTS) + 1 - len(node_inputs)) + list(STATE_INPUTS)
+        state_inputs = [
+            helper.make_tensor_value_info(n, f32, [config.dirs, "B", hidden]) for n in STATE_INPUTS
+        ]
+    node = make_mplstm_node(node_inputs, list(OUTPUTS), hidden, config)
     graph = helper.make_graph(
         [node],
         "mplstm_layer",
@@ -561,6 +601,7 @@ def single_layer_model(
             helper.make_tensor_value_info("X", f32, ["B", "T", views, input_size]),
             helper.make_tensor_value_info("view_mask", TensorProto.BOOL, ["B", views]),
             helper.make_tensor_value_info("lengths", TensorProto.INT64, ["B"]),
+            *state_inputs,
         ],
         [
             helper.make_tensor_value_info("Y", f32, ["B", "T", config.dirs * hidden]),

@@ -6,7 +6,9 @@ node with its function body; runs the parity check (PyTorch vs ONNX Runtime on b
 sizes and lengths other than the traced ones, with masked views) and refuses to write a
 package that fails it; with held-out clips, scores the exported model on them, all
 views and every view subset; then writes the Triton `config.pbtxt` and the manifest
-with the sha256 of every file.
+with the sha256 of every file. A live (causal) model's package also gets
+`model.step.onnx`, the step model of streaming sessions, parity-checked against
+model.onnx (`step_model`).
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ from mplstm.core.package import (
     TRITON_CONFIG_NAME,
     ModelPackage,
     PackageManifest,
+    StepSpec,
     TensorSpec,
     load_package,
     write_package_manifest,
 )
 from mplstm.core.preprocess import PreprocessConfig, load_clip
 from mplstm.core.view_subsets import ViewSubsetTable
+from mplstm.export.step_model import add_step_model, is_live
 from mplstm.export.torch_op import export_onnx
+from mplstm.inference.backend import shape_groups
 from mplstm.inference.parity import TOLERANCES, compare
 from mplstm.inference.view_accuracy import measure_view_accuracy
 from mplstm.training.checkpoint import CheckpointMeta, load_model
@@ -74,6 +79,10 @@ class ParityCase:
     batch: int
     frames: int
     masked: bool
+
+
+# Live models sample a clip at a fixed rate: T follows its length, so any T up to this.
+LIVE_FRAMES_RANGE = (1, 1024)
 
 
 def default_frames_range(frames: int, dynamic_time: bool) -> tuple[int, int]:
@@ -252,16 +261,19 @@ def evaluate_onnx(
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         clips = [load_clip(dict(r.views), config) for r in chunk]
-        logits = session.run(
-            ["logits"],
-            {
-                "clip": np.stack([c.frames for c in clips]),
-                "view_mask": np.stack([c.view_mask for c in clips]),
-            },
-        )[0]
-        correct += sum(
-            int(p == index[r.label]) for p, r in zip(logits.argmax(-1), chunk, strict=True)
-        )
+        # One run per clip length: a live model's clips differ in T.
+        for group in shape_groups([c.frames for c in clips]):
+            logits = session.run(
+                ["logits"],
+                {
+                    "clip": np.stack([clips[i].frames for i in group]),
+                    "view_mask": np.stack([clips[i].view_mask for i in group]),
+                },
+            )[0]
+            correct += sum(
+                int(p == index[chunk[i].label])
+                for p, i in zip(logits.argmax(-1), group, strict=True)
+            )
     return {
         "data": Path(data).as_posix(),
         "split": split,
@@ -311,6 +323,9 @@ def build_package(
         parity = _export_with_parity(
             model, meta, tmp / ONNX_NAME, max_batch, frames_range, tolerance, log
         )
+        step = _live_step_model(model, meta, tmp, max_batch, log) if is_live(model) else None
+        if step is not None:
+            parity["step_model"] = step[1]
         evaluation = _evaluation(tmp / ONNX_NAME, meta, eval_data, eval_split, log)
         view_accuracy = _view_accuracy(tmp / ONNX_NAME, meta, eval_data, eval_split, log)
         manifest = _package_manifest(
@@ -326,6 +341,7 @@ def build_package(
             evaluation=evaluation,
         )
         manifest.view_accuracy = view_accuracy
+        manifest.step = None if step is None else step[0]
         _write_package_files(tmp, manifest, num_classes, fp16=fp16, log=log)
         if out.exists():
             out.rmdir()  # an empty folder only: a non-empty one raises, nothing is lost
@@ -343,6 +359,8 @@ def _checked_frames_range(
 ) -> tuple[int, int]:
     """The requested T range (or the default one), refused where the model cannot export it."""
     frames = meta.preprocess.frames
+    if frames_range is None and meta.preprocess.fps is not None:
+        frames_range = LIVE_FRAMES_RANGE
     frames_range = frames_range or default_frames_range(frames, dynamic_time)
     if not dynamic_time and tuple(frames_range) != (frames, frames):
         raise ExportError(
@@ -392,6 +410,37 @@ def _export_with_parity(
             "no package written"
         )
     return parity
+
+
+def _live_step_model(
+    model: nn.Module,
+    meta: CheckpointMeta,
+    folder: Path,
+    max_batch: int,
+    log: Callable[[str], None],
+) -> tuple[StepSpec, dict[str, Any]]:
+    """model.step.onnx beside model.onnx, parity-checked; ExportError when parity fails."""
+    pre = meta.preprocess
+    shape = (len(meta.view_names), pre.channels, pre.height, pre.width)
+    cases = [(1, pre.frames, False), (3, pre.frames + 5, True)]
+    clips = [
+        random_inputs(ParityCase(batch, steps, masked), *shape, seed=seed)
+        for seed, (batch, steps, masked) in enumerate(cases)
+    ]
+    session = onnx_session(folder / ONNX_NAME)
+
+    def whole(clip: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return session.run(["probabilities"], {"clip": clip, "view_mask": mask})[0]
+
+    spec, parity = add_step_model(model, folder, shape, max_batch, clips, whole, log)
+    if not parity["passed"]:
+        raise ExportError(
+            f"step model parity failed: max |probabilities diff| {parity['max_abs_diff']:.3g} "
+            f"(tolerance {parity['tolerance']:g}), argmax equal: {parity['argmax_equal']}; "
+            "no package written"
+        )
+    log(f"step model parity: max |probabilities diff| {parity['max_abs_diff']:.2g}")
+    return spec, parity
 
 
 def _evaluation(

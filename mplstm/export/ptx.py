@@ -45,12 +45,12 @@ def signature(spec: KernelSpec) -> tuple[dict[str, str], dict[str, object]]:
     """The kernel's Triton signature and constexprs for `spec`.
 
     Arguments the spec does not use (W and bias for prepared projections, peepholes where
-    the layer has none) are constexpr None, so the compiled kernel's parameters are exactly
+    the layer has none, h0 and c0 without an initial state) are constexpr None, so the compiled kernel's parameters are exactly
     the node's inputs, then the int32 scalars, then the outputs.
     """
     fp = "*" + _TRITON_DTYPES[spec.dtype]
     # view_mask bool, lengths int64 (the ONNX node's types); every other input is float.
-    input_types = [fp, "*i1", "*i64", fp, fp, fp, fp]
+    input_types = [fp, "*i1", "*i64", fp, fp, fp, fp, fp, fp]
     sig = {
         **dict(zip(kernel.INPUT_ARGS, input_types, strict=True)),
         **dict.fromkeys(kernel.SCALAR_ARGS, "i32"),
@@ -60,6 +60,8 @@ def signature(spec: KernelSpec) -> tuple[dict[str, str], dict[str, object]]:
     unused = [] if spec.fused else ["w_ptr", "bias_ptr"]
     if not spec.peepholes:
         unused.append("peep_ptr")
+    if not spec.initial_state:
+        unused += ["h0_ptr", "c0_ptr"]
     for name in unused:
         constexprs[name] = None
     for name in constexprs:

@@ -48,11 +48,14 @@ def mplstm_layer(
     peepholes: Tensor | None,
     bidirectional: bool,
     recurrent_activation: str,
+    initial_h: Tensor | None = None,
+    initial_c: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One MP-LSTM layer in the `mplstm::MPLSTM` node contract (see onnx_cell).
 
     x [B, T, P, D], view_mask [B, P] bool, lengths [B]; weights as export_weights
-    gives them → (Y [B, T, dirs*U], Y_h [dirs, B, U], Y_c [dirs, B, U]).
+    gives them; initial_h, initial_c [dirs, B, U] or None (zeros)
+    → (Y [B, T, dirs*U], Y_h [dirs, B, U], Y_c [dirs, B, U]).
     """
     steps, hidden = x.shape[1], weight_hh.shape[1]
     valid = (torch.arange(steps, device=x.device)[:, None] < lengths[None, :]).unsqueeze(-1)
@@ -71,6 +74,8 @@ def mplstm_layer(
                 valid,
                 reverse=d == 1,
                 hard=recurrent_activation == "hard_sigmoid",
+                h0=None if initial_h is None else initial_h[d],
+                c0=None if initial_c is None else initial_c[d],
             )
         )
     output = torch.cat([r[0] for r in results], dim=-1)  # [B, T, dirs*U]
@@ -79,7 +84,17 @@ def mplstm_layer(
 
 @mplstm_layer.register_fake
 def _mplstm_layer_shapes(
-    x, view_mask, lengths, weight_ih, weight_hh, bias, peepholes, bidirectional, activation
+    x,
+    view_mask,
+    lengths,
+    weight_ih,
+    weight_hh,
+    bias,
+    peepholes,
+    bidirectional,
+    activation,
+    initial_h=None,
+    initial_c=None,
 ):
     dirs, hidden = weight_hh.shape[0], weight_hh.shape[1]
     batch, steps = x.shape[0], x.shape[1]
@@ -106,7 +121,11 @@ class ExportableMPLSTM(nn.Module):
                 self.register_buffer(f"{name}_l{k}", torch.from_numpy(array).to(device))
 
     def forward(
-        self, x: Tensor, view_mask: Tensor | None = None, lengths: Tensor | None = None
+        self,
+        x: Tensor,
+        view_mask: Tensor | None = None,
+        lengths: Tensor | None = None,
+        state: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Same inputs and outputs as MPLSTM.forward (eval mode: no dropout)."""
         layer = self.layer
@@ -119,10 +138,13 @@ class ExportableMPLSTM(nn.Module):
             lengths = torch.full((batch,), steps, dtype=torch.int64, device=x.device)
         mask, lengths = view_mask.to(torch.bool), lengths.to(torch.int64)
         out, h_n, c_n = x, [], []
+        dirs = 2 if layer.bidirectional else 1
         for k in range(layer.num_layers):
             if k > 0:
                 out = out.unsqueeze(2)  # the joint sequence is one "view"
                 mask = torch.ones(batch, 1, dtype=torch.bool, device=x.device)
+            rows = slice(k * dirs, (k + 1) * dirs)
+            initial = (None, None) if state is None else (state[0][rows], state[1][rows])
             out, h, c = torch.ops.mplstm.mplstm_layer(
                 out,
                 mask,
@@ -133,6 +155,7 @@ class ExportableMPLSTM(nn.Module):
                 getattr(self, f"peep_l{k}", None),
                 layer.bidirectional,
                 layer.recurrent_activation,
+                *initial,
             )
             h_n.append(h)
             c_n.append(c)
@@ -175,6 +198,7 @@ def _op_schema() -> OpSchema:
         param("R", "T"),
         param("bias", "T"),
         param(onnx_cell.PEEPHOLE_INPUT, "T", param_option=optional),
+        *(param(name, "T", param_option=optional) for name in onnx_cell.STATE_INPUTS),
     ]
     attr_types = {
         "hidden_size": OpSchema.AttrType.INT,
@@ -199,13 +223,24 @@ _MPLSTM_OP = Op(Opset(onnx_cell.DOMAIN, onnx_cell.DOMAIN_VERSION), onnx_cell.OP_
 
 
 def _translate_layer(
-    x, view_mask, lengths, weight_ih, weight_hh, bias, peepholes, bidirectional, activation
+    x,
+    view_mask,
+    lengths,
+    weight_ih,
+    weight_hh,
+    bias,
+    peepholes,
+    bidirectional,
+    activation,
+    initial_h=None,
+    initial_c=None,
 ):
     """mplstm_layer → one bare mplstm::MPLSTM node (its body is added after export)."""
     views = int(weight_ih.shape[1])
     config = onnx_cell.CellConfig(views, bidirectional, activation, peepholes is not None)
     attrs = onnx_cell.node_attributes(int(weight_hh.shape[1]), config)
-    return _MPLSTM_OP(x, view_mask, lengths, weight_ih, weight_hh, bias, peepholes, **attrs)
+    state = () if initial_h is None else (initial_h, initial_c)
+    return _MPLSTM_OP(x, view_mask, lengths, weight_ih, weight_hh, bias, peepholes, *state, **attrs)
 
 
 TRANSLATION_TABLE = {torch.ops.mplstm.mplstm_layer.default: _translate_layer}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,6 +37,18 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the session or engine."""
         ...
+
+
+def shape_groups(arrays: Sequence[np.ndarray]) -> list[list[int]]:
+    """Indices of `arrays` grouped by shape, in first-seen order: one batch per group.
+
+    Clips of a live package (fixed-rate sampling) differ in length T, so a batch of them
+    runs as one inference per length.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, array in enumerate(arrays):
+        groups.setdefault(array.shape, []).append(i)
+    return list(groups.values())
 
 
 def dummy_batch(manifest: PackageManifest, batch: int = 1) -> tuple[np.ndarray, np.ndarray]:

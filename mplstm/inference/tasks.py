@@ -22,7 +22,7 @@ from mplstm.core.errors import CorruptVideoError
 from mplstm.core.package import ModelPackage
 from mplstm.core.preprocess import PreprocessConfig, ViewSource, load_clip
 from mplstm.core.worker_pool import CRASH_ATTEMPTS
-from mplstm.inference.backend import Backend, dummy_batch
+from mplstm.inference.backend import Backend, dummy_batch, shape_groups
 from mplstm.inference.sessions import worker_session
 
 ClipViews = Mapping[str, ViewSource]
@@ -107,11 +107,17 @@ def infer_decoded(decoded: Sequence[Decoded], backend: Backend) -> list[Scored]:
     seconds = 0.0
     if good:
         start = time.perf_counter()
-        output = backend.infer(
-            np.stack([d.frames for d in good]), np.stack([d.view_mask for d in good])
-        )
+        probabilities = np.empty((len(good), 0), np.float32)
+        # One run per clip length (live packages sample at a fixed rate: T varies).
+        for group in shape_groups([d.frames for d in good]):
+            output = backend.infer(
+                np.stack([good[i].frames for i in group]),
+                np.stack([good[i].view_mask for i in group]),
+            )
+            if probabilities.shape[1] == 0:
+                probabilities = np.empty((len(good), output.probabilities.shape[1]), np.float32)
+            probabilities[group] = output.probabilities
         seconds = time.perf_counter() - start
-        probabilities = output.probabilities
     rows = iter(range(len(good)))
     out = []
     for d in decoded:

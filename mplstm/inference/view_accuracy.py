@@ -70,13 +70,14 @@ def measure_view_accuracy(
     for start in tqdm(chunks, desc="view subsets", unit="batch", disable=not progress):
         chunk = records[start : start + batch_size]
         clips = [load_clip({n: r.views[n] for n in names}, config) for r in chunk]
-        frames = np.stack([c.frames for c in clips])
-        truth = np.array([index[r.label] for r in chunk])
-        for k, subset in enumerate(subsets):
-            mask = np.zeros((len(chunk), len(names)), bool)
-            mask[:, list(subset)] = True
-            scores = infer(np.where(mask[:, :, None, None, None, None], frames, 0), mask)
-            correct[k] += int((scores.argmax(axis=1) == truth).sum())
+        # A live model samples at a fixed rate, so its clips differ in length: one batch per length.
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, clip in enumerate(clips):
+            by_shape.setdefault(clip.frames.shape, []).append(i)
+        for members in by_shape.values():
+            frames = np.stack([clips[i].frames for i in members])
+            truth = np.array([index[chunk[i].label] for i in members])
+            correct += _correct_per_subset(infer, frames, truth, subsets)
     return ViewSubsetTable(
         data=Path(data).as_posix(),
         split=split,
@@ -87,6 +88,19 @@ def measure_view_accuracy(
             for subset, n in zip(subsets, correct, strict=True)
         ),
     )
+
+
+def _correct_per_subset(
+    infer: Infer, frames: np.ndarray, truth: np.ndarray, subsets: Sequence[tuple[int, ...]]
+) -> np.ndarray:
+    """How many of a batch's clips each view subset gets right (the other views masked)."""
+    correct = np.zeros(len(subsets), np.int64)
+    for k, subset in enumerate(subsets):
+        mask = np.zeros(frames.shape[:2], bool)
+        mask[:, list(subset)] = True
+        scores = infer(np.where(mask[:, :, None, None, None, None], frames, 0), mask)
+        correct[k] = int((scores.argmax(axis=1) == truth).sum())
+    return correct
 
 
 def add_view_accuracy(

@@ -31,6 +31,7 @@ from mplstm.service.pipeline import Services
 from mplstm.service.repository import ModelRepository
 from mplstm.service.routes import open_router, router
 from mplstm.service.settings import Settings, load_settings
+from mplstm.service.stream_route import stream_router
 from mplstm.service.video_workers import VideoWorkers
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_exception_handler(disconnect, client_disconnected)
     app.include_router(open_router)
     app.include_router(router)
+    app.include_router(stream_router)  # live sessions (WebSocket): docs/streaming.md
     # Outermost last: request ids wrap everything, the body limit wraps the routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestIdMiddleware)

@@ -1,6 +1,7 @@
 """API keys: `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared in constant time.
 
-The same headers over HTTP and as gRPC metadata (`authorization`, `x-api-key`). Health,
+The same headers over HTTP, on a WebSocket handshake and as gRPC metadata
+(`authorization`, `x-api-key`). Health,
 readiness and metrics stay open (probes and scrapers carry no key). With no key
 configured auth is off, and start-up logs a warning saying so.
 """
@@ -11,6 +12,7 @@ import hmac
 import logging
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from mplstm.service.errors import UnauthorizedError
 
@@ -34,8 +36,8 @@ def key_from_headers(authorization: str | None, x_api_key: str | None) -> str | 
     return x_api_key or None
 
 
-def presented_key(request: Request) -> str | None:
-    """The key a request carries, from either header."""
+def presented_key(request: HTTPConnection) -> str | None:
+    """The key a request (or a WebSocket handshake) carries, from either header."""
     return key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
 
 

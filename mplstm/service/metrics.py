@@ -11,6 +11,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mplstm.core.camera_checks import REASONS
 from mplstm.service.statistics import InferenceStatistics
+from mplstm.service.stream_metrics import StreamMetrics
 
 STAGES = ("decode", "queue", "inference", "total")
 # Seconds: from a fraction of a millisecond (a cached tiny batch) to a slow 30 s request.
@@ -77,6 +78,7 @@ class ServiceMetrics:
             ("model", "view", "reason"),
             registry=self.registry,
         )
+        self.stream = StreamMetrics(self.registry)  # live sessions (docs/streaming.md)
 
     def observe_stages(self, model: str, seconds: dict[str, float], protocol: str = "http") -> None:
         """Record one successful request's per-stage times (seconds)."""

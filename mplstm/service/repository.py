@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from mplstm.core.cpus import threads_per_worker
 from mplstm.core.package import (
@@ -32,11 +35,13 @@ from mplstm.core.preprocess import PreprocessConfig
 from mplstm.inference.backend import Backend, BackendUnavailableError, warm_up
 from mplstm.inference.options import Placement, resolve_placement
 from mplstm.inference.select import open_backend
+from mplstm.inference.step import StepBackend
 from mplstm.service.batcher import DynamicBatcher
 from mplstm.service.cameras import watch as watch_cameras
 from mplstm.service.errors import ModelLoadError, ModelNotFoundError, ModelNotReadyError
 from mplstm.service.metrics import ServiceMetrics
 from mplstm.service.settings import Settings
+from mplstm.service.step_scheduler import StepScheduler
 from mplstm.service.video_workers import VideoWorkers, WorkerQueue
 
 log = logging.getLogger(__name__)
@@ -78,6 +83,8 @@ class LoadedModel:
     # Set where the video route infers in the workers (Placement.WORKERS), else the batcher.
     worker_queue: WorkerQueue | None = None
     in_flight: InFlight = field(default_factory=InFlight, compare=False, repr=False)
+    # Live packages: the continuous-batching scheduler of their streaming sessions.
+    live: StepScheduler | None = None
 
     @property
     def placement(self) -> Placement:
@@ -96,6 +103,18 @@ class LoadedModel:
     @property
     def version(self) -> str:
         return self.package.path.name
+
+
+def warm_up_step(step: StepBackend, manifest: PackageManifest) -> None:
+    """One zero step, so the first session does not pay for lazy initialisation."""
+    pre = manifest.preprocess
+    clip = np.zeros((1, len(manifest.view_names), 1, pre.channels, pre.height, pre.width), np.uint8)
+    mask = np.ones((1, len(manifest.view_names)), bool)
+    try:
+        step.run(clip, mask, step.zero_state(1))
+    except Exception as exc:  # whatever the runtime raises, the model cannot stream
+        step.close()
+        raise BackendUnavailableError(f"step model warm-up failed: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -203,7 +222,7 @@ class ModelRepository:
             folder = self._latest(name)
             self._wanted.add(name)
             try:
-                package, backend = await asyncio.to_thread(self._open, folder)
+                package, backend, step = await asyncio.to_thread(self._open, folder)
                 worker_queue = await self._worker_queue(name, package, backend)
             except (PackageError, BackendUnavailableError, OSError, ValueError) as exc:
                 reason = str(exc)
@@ -213,7 +232,7 @@ class ModelRepository:
                 if old is None:
                     self._failures[name] = reason
                 raise ModelLoadError(f"model {name!r} failed to load: {reason}{keeps}") from exc
-            model = self._start(name, package, backend, worker_queue)
+            model = self._start(name, package, backend, worker_queue, step)
             old = self._models.get(name)
             self._models[name] = model
             self._failures.pop(name, None)
@@ -259,12 +278,23 @@ class ModelRepository:
             )
         return versions[-1]
 
-    def _open(self, folder: Path) -> tuple[ModelPackage, Backend]:
-        """Verify, open and warm up a package (blocking: runs in a thread)."""
+    def _open(self, folder: Path) -> tuple[ModelPackage, Backend, StepBackend | None]:
+        """Verify, open and warm up a package, and a live one's step model (blocking)."""
         package = load_package(folder)
         backend = open_backend(package, self.settings.backend_options())
         warm_up(backend, package.manifest)
-        return package, backend
+        step = None
+        if package.manifest.live:
+            try:
+                options = dataclasses.replace(
+                    self.settings.backend_options(), threads=self.settings.stream_intra_op_threads
+                )
+                step = StepBackend.open(package, options)
+                warm_up_step(step, package.manifest)
+            except BackendUnavailableError:
+                backend.close()
+                raise
+        return package, backend, step
 
     async def _worker_queue(
         self, name: str, package: ModelPackage, backend: Backend
@@ -302,7 +332,19 @@ class ModelRepository:
         package: ModelPackage,
         backend: Backend,
         worker_queue: WorkerQueue | None,
+        step: StepBackend | None = None,
     ) -> LoadedModel:
+        live = None
+        if step is not None:
+            live = StepScheduler(
+                name,
+                step,
+                max_sessions=self.settings.max_sessions,
+                max_batch=self.settings.stream_max_batch,
+                max_delay_s=self.settings.stream_max_delay_ms / 1000,
+                metrics=self.metrics.stream,
+            )
+            live.start()
         batcher = DynamicBatcher(
             name,
             backend.infer,
@@ -313,9 +355,12 @@ class ModelRepository:
             default_level=self.settings.default_priority_level,
         )
         batcher.start()
-        return LoadedModel(name, package, backend, batcher, worker_queue)
+        return LoadedModel(name, package, backend, batcher, worker_queue, live=live)
 
     async def _retire(self, model: LoadedModel) -> None:
+        if model.live is not None:
+            await model.live.stop()
+            model.live.backend.close()
         if model.in_flight.count:
             log.info(
                 "model %s: version %s retires once its %d requests in flight are answered",

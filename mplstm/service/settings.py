@@ -21,6 +21,7 @@ from mplstm.inference.settings import (
     SettingsError,
     load_settings_of,
 )
+from mplstm.service.stream_settings import StreamSettings
 
 __all__ = ["ENV_PREFIX", "LogFormat", "Settings", "SettingsError", "load_settings"]
 
@@ -33,10 +34,11 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
-class Settings(InferenceSettings):
+class Settings(StreamSettings, InferenceSettings):
     """Everything the service reads from its environment (prefix `MPLSTM_`).
 
-    The backend, device and decode limits are `InferenceSettings`, shared with the scorer.
+    The backend, device and decode limits are `InferenceSettings`, shared with the scorer;
+    live sessions' limits are `StreamSettings`.
     """
 
     # Model repository: `<models_dir>/<name>/<version>/`, the newest version of each served.

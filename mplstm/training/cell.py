@@ -32,6 +32,11 @@ state at its end, like packed sequences: outputs past the end are zero, h_n/c_n
 are the states at the last valid step, and the reverse direction starts at each
 sequence's own end.
 
+State: like ONNX's `LSTM` op and `torch.nn.LSTM`, `forward` takes an optional initial
+`state=(h_0, c_0)`, each [layers*dirs, B, U], and returns the final (h_n, c_n), so a live
+session carries the state of one chunk of frames into the next (DESIGN.md §2, §9). A
+reverse direction starts from its initial state at each sequence's end.
+
 Cost (DESIGN.md §2): the input projections of all steps and views are one batched
 matmul before the recurrence; each step does one [B, U] x [U, 4U] matmul shared by
 all views, one sigmoid over every view's four gates (tanh(x) = 2σ(2x) - 1, with the
@@ -144,6 +149,8 @@ def recurrence(
     valid: Tensor | None,
     reverse: bool,
     hard: bool,
+    h0: Tensor | None = None,
+    c0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run one direction of the MP-LSTM recurrence over precomputed projections.
 
@@ -152,6 +159,7 @@ def recurrence(
     block) or None; valid: [T, B, 1] bool (step inside the sequence) or None.
     The g block of proj and weight_hh_t is pre-scaled by 2, so that one sigmoid
     over all gates also gives s_g = σ(2 z_g), and tanh(z_g) = 2 s_g - 1.
+    h0, c0: the initial state [B, U] (None: zeros).
     Returns output [B, T, U] (zero past each sequence's end), h_n [B, U], c_n [B, U].
     """
     # Per-step work is a dozen small ops, so their fixed cost matters: CPU tanh costs
@@ -159,8 +167,8 @@ def recurrence(
     # (x * 2.0) costs several tensor ops (hence addcmul's `value` and x + x).
     _, batch, steps, four_u = proj.shape
     u = four_u // 4
-    h = proj.new_zeros(batch, u)
-    c = proj.new_zeros(batch, u)
+    h = proj.new_zeros(batch, u) if h0 is None else h0.to(proj.dtype)
+    c = proj.new_zeros(batch, u) if c0 is None else c0.to(proj.dtype)
     outputs: list[Tensor] = [h] * steps
     for k in range(steps):
         t = steps - 1 - k if reverse else k
@@ -193,7 +201,8 @@ def recurrence(
 class MPLSTM(nn.Module):
     """Multi-Perspective LSTM layer(s), with the interface of `torch.nn.LSTM`.
 
-    forward(x [B, T, P, D], view_mask [B, P] | None, lengths [B] | None)
+    forward(x [B, T, P, D], view_mask [B, P] | None, lengths [B] | None,
+            state (h_0, c_0) [layers*dirs, B, U] each | None)
     → (output [B, T, dirs*U], (h_n [layers*dirs, B, U], c_n [layers*dirs, B, U])).
     With batch_first=False, x is [T, B, P, D] and output [T, B, dirs*U].
     Layers after the first read the joint sequence of the layer below (P = 1).
@@ -286,6 +295,7 @@ class MPLSTM(nn.Module):
         lengths: Tensor | None,
         valid: Tensor | None,
         reverse: bool,
+        initial: tuple[Tensor, Tensor] | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         u = self.hidden_size
         hard = self.recurrent_activation == "hard_sigmoid"
@@ -301,17 +311,26 @@ class MPLSTM(nn.Module):
         if not _exporting() and cell_cpu.applies(x, weight_ih, weight_hh, bias):
             proj = cell_cpu.input_projection(x, weight_ih)
             return cell_cpu.recurrence(
-                proj, bias, weight_hh.t(), peep, view_mask, lengths, reverse, hard
+                proj, bias, weight_hh.t(), peep, view_mask, lengths, reverse, hard, *(initial or ())
             )
         proj = prepare_gates(input_projection(x, weight_ih, bias), view_mask)
         # g rows times 2, as prepare_gates() does for the projection.
         g_scale = gate_vector(u, 1.0, 1.0, 2.0, 1.0, x)
-        return recurrence(proj, (weight_hh * g_scale[:, None]).t(), peep, valid, reverse, hard)
+        return recurrence(
+            proj, (weight_hh * g_scale[:, None]).t(), peep, valid, reverse, hard, *(initial or ())
+        )
 
     def forward(
-        self, x: Tensor, view_mask: Tensor | None = None, lengths: Tensor | None = None
+        self,
+        x: Tensor,
+        view_mask: Tensor | None = None,
+        lengths: Tensor | None = None,
+        state: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x [B, T, P, D] (batch_first) → (output [B, T, dirs*U], (h_n, c_n))."""
+        """x [B, T, P, D] (batch_first) → (output [B, T, dirs*U], (h_n, c_n)).
+
+        state: the initial (h_0, c_0), each [layers*dirs, B, U]; None starts from zeros.
+        """
         if x.dim() != 4 or x.shape[2] != self.num_views or x.shape[3] != self.input_size:
             raise ValueError(
                 f"MPLSTM expects x of shape [B, T, P={self.num_views}, D={self.input_size}]"
@@ -321,6 +340,7 @@ class MPLSTM(nn.Module):
         if not self.batch_first:
             x = x.transpose(0, 1)
         steps = x.shape[1]
+        self._check_state(state, x.shape[0])
         if view_mask is not None:
             view_mask = view_mask.to(device=x.device, dtype=torch.bool)
             check_view_mask(view_mask)
@@ -339,18 +359,31 @@ class MPLSTM(nn.Module):
                     out = nn.functional.dropout(out, self.dropout, training=True)
                 out = out.unsqueeze(2)  # the joint sequence is one "view"
             mask = view_mask if layer == 0 else None
-            results = [
-                self._direction(
-                    out, f"l{layer}{suffix}", mask, lengths, valid, suffix == "_reverse"
-                )
-                for suffix in self._suffixes()
-            ]
+            results = []
+            for k, suffix in enumerate(self._suffixes()):
+                row = layer * len(self._suffixes()) + k
+                initial = None if state is None else (state[0][row], state[1][row])
+                name = f"l{layer}{suffix}"
+                reverse = suffix == "_reverse"
+                results.append(self._direction(out, name, mask, lengths, valid, reverse, initial))
             out = torch.cat([r[0] for r in results], dim=-1) if len(results) > 1 else results[0][0]
             h_n.extend(r[1] for r in results)
             c_n.extend(r[2] for r in results)
         if not self.batch_first:
             out = out.transpose(0, 1)
         return out, (torch.stack(h_n), torch.stack(c_n))
+
+    def _check_state(self, state: tuple[Tensor, Tensor] | None, batch: int) -> None:
+        if state is None or _exporting():
+            return
+        rows = self.num_layers * len(self._suffixes())
+        expected = (rows, batch, self.hidden_size)
+        shapes = [tuple(s.shape) for s in state]
+        if len(state) != 2 or any(shape != expected for shape in shapes):
+            raise ValueError(
+                f"state must be (h_0, c_0), each [layers*dirs={rows}, B={batch}, "
+                f"U={self.hidden_size}], got {shapes}"
+            )
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_views={self.num_views}"

@@ -147,7 +147,8 @@ void run_steps(const at::Tensor& proj, const at::Tensor& bias, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrence(
     const at::Tensor& proj, const at::Tensor& bias, const at::Tensor& weight_hh_t,
     const std::optional<at::Tensor>& peep, const std::optional<at::Tensor>& view_mask,
-    const std::optional<at::Tensor>& lengths, bool reverse, bool hard) {
+    const std::optional<at::Tensor>& lengths, bool reverse, bool hard,
+    const std::optional<at::Tensor>& h0, const std::optional<at::Tensor>& c0) {
   TORCH_CHECK(proj.dim() == 4 && proj.size(3) % 4 == 0,
               "proj must be [P, B, T, 4U], got ", proj.sizes());
   TORCH_CHECK(proj.device().is_cpu(), "the fused MP-LSTM kernel runs on the CPU only");
@@ -173,8 +174,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrence(
   }
   auto opts = proj.options();
   at::Tensor out = at::zeros({B, proj.size(2), U}, opts);
+  // The initial state (ONNX LSTM's initial_h / initial_c), copied: the kernel updates it
+  // in place.
   at::Tensor h = at::zeros({B, U}, opts);
   at::Tensor c = at::zeros({B, U}, opts);
+  if (h0.has_value()) {
+    TORCH_CHECK(h0->sizes() == at::IntArrayRef({B, U}), "h0 must be [B, U]");
+    h.copy_(*h0);
+  }
+  if (c0.has_value()) {
+    TORCH_CHECK(c0->sizes() == at::IntArrayRef({B, U}), "c0 must be [B, U]");
+    c.copy_(*c0);
+  }
   AT_DISPATCH_FLOATING_TYPES(dtype, "mplstm_recurrence_cpu", [&] {
     run_steps<scalar_t>(projc, biasc, whh, peepc, maskc, lenc, reverse, hard, out, h, c);
   });
@@ -186,7 +197,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrence(
 TORCH_LIBRARY(mplstm_cpu, lib) {
   lib.def(
       "recurrence(Tensor proj, Tensor bias, Tensor weight_hh_t, Tensor? peep, "
-      "Tensor? view_mask, Tensor? lengths, bool reverse, bool hard) -> (Tensor, Tensor, Tensor)");
+      "Tensor? view_mask, Tensor? lengths, bool reverse, bool hard, Tensor? h0=None, "
+      "Tensor? c0=None) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mplstm_cpu, CPU, lib) { lib.impl("recurrence", &recurrence); }

@@ -146,14 +146,17 @@ def recurrence(
     lengths: Tensor | None,
     reverse: bool,
     hard: bool,
+    h0: Tensor | None = None,
+    c0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One direction over raw projections proj [P, B, T, 4U] (no bias, no g scaling).
 
     bias [P, 4U] = bias_ih + bias_hh; weight_hh_t [U, 4U]; peep [4U] or None; view_mask
-    [B, P] bool or None; lengths [B] or None. Returns output [B, T, U], h_n, c_n [B, U].
+    [B, P] bool or None; lengths [B] or None; h0, c0 [B, U], the initial state, or None
+    (zeros). Returns output [B, T, U], h_n, c_n [B, U].
     """
     return torch.ops.mplstm_cpu.recurrence(
-        proj, bias, weight_hh_t, peep, view_mask, lengths, reverse, hard
+        proj, bias, weight_hh_t, peep, view_mask, lengths, reverse, hard, h0, c0
     )
 
 

@@ -33,7 +33,10 @@ class ConfigError(ValueError):
 class DataConfig:
     """[data]: how clips become model input (stored in checkpoints as the preprocessing)."""
 
-    frames: int = 20  # T
+    frames: int = 20  # T (with fps: the nominal T, e.g. a sliding window's length)
+    # Live models: sample at this fixed rate (frames per second), as many steps as a clip
+    # lasts, in place of T spread over it (DESIGN.md §4); 0 spreads T.
+    fps: float = 0.0
     height: int = 64
     width: int = 64
     channels: int = 1  # 1 grayscale (lip-reading convention), 3 RGB

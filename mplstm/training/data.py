@@ -196,11 +196,15 @@ class ClipDataset(Dataset):
 
 @dataclass
 class Batch:
-    """A collated batch: frames uint8 [B, V, T, C, H, W], view mask bool [B, V], labels [B]."""
+    """A collated batch: frames uint8 [B, V, T, C, H, W], view mask bool [B, V], labels [B].
+
+    lengths [B] where clips differ in length (fixed-rate sampling: live models), else None.
+    """
 
     frames: torch.Tensor
     view_mask: torch.Tensor
     labels: torch.Tensor
+    lengths: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch on `device` (non-blocking from pinned memory)."""
@@ -208,6 +212,7 @@ class Batch:
             self.frames.to(device, non_blocking=True),
             self.view_mask.to(device, non_blocking=True),
             self.labels.to(device, non_blocking=True),
+            None if self.lengths is None else self.lengths.to(device, non_blocking=True),
         )
 
     def __len__(self) -> int:
@@ -215,9 +220,28 @@ class Batch:
 
 
 def collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor, int]]) -> Batch:
-    """Stack `ClipDataset` samples into a `Batch`."""
+    """Stack `ClipDataset` samples into a `Batch`.
+
+    Clips of different lengths (fixed-rate sampling) are padded at the end with their
+    own last frame, which keeps batch-norm statistics close to real frames; `lengths`
+    keeps the padding out of the recurrence and the pooling.
+    """
     frames, masks, labels = zip(*samples, strict=True)
-    return Batch(torch.stack(frames), torch.stack(masks), torch.tensor(labels, dtype=torch.long))
+    steps = [f.shape[1] for f in frames]
+    lengths = None
+    if len(set(steps)) > 1:
+        longest = max(steps)
+        frames = tuple(
+            torch.cat([f, f[:, -1:].expand(-1, longest - f.shape[1], -1, -1, -1)], dim=1)
+            for f in frames
+        )
+        lengths = torch.tensor(steps, dtype=torch.long)
+    return Batch(
+        torch.stack(frames),
+        torch.stack(masks),
+        torch.tensor(labels, dtype=torch.long),
+        lengths,
+    )
 
 
 def pixel_stats(

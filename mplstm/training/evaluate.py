@@ -96,7 +96,8 @@ def predict(
             usable = mask.any(dim=1)
             out = torch.full((len(batch), model.config.num_classes), -math.inf, device=device)
             if usable.any():
-                out[usable] = model(batch.frames[usable], mask[usable]).float()
+                lengths = None if batch.lengths is None else batch.lengths[usable]
+                out[usable] = model(batch.frames[usable], mask[usable], lengths).float()
             logits[s].append(out.cpu())
     return (
         {s: torch.cat(chunks).numpy() for s, chunks in logits.items()},

@@ -174,7 +174,7 @@ def train_one_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         with precision.autocast(device):
-            logits = model(batch.frames, batch.view_mask)
+            logits = model(batch.frames, batch.view_mask, batch.lengths)
             losses = criterion(logits.float(), batch.labels) * weights
             loss = losses.sum() * (sampler.num_replicas / sampler.clips_in(state.batches))
         optimizer.zero_grad(set_to_none=True)
@@ -265,6 +265,7 @@ def _preprocess(config: DataConfig, spec: DataSpec) -> PreprocessConfig:
             # Every view of a training clip is in the manifest; only a camera that fails
             # its check is ever absent, and it is masked rather than stopping the run.
             allow_missing_views=config.camera_checks,
+            fps=config.fps or None,
         )
     except ValueError as exc:
         raise ConfigError(f"[data]: {exc}") from exc

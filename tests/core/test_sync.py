@@ -7,7 +7,15 @@ import pytest
 
 from mplstm.core.errors import ViewsOutOfSyncError
 from mplstm.core.preprocess import PreprocessConfig, load_clip
-from mplstm.core.sync import common_duration, nearest_frames, sample_times
+from mplstm.core.sync import (
+    common_duration,
+    fixed_rate_times,
+    nearest_frame,
+    nearest_frames,
+    sample_times,
+    step_time,
+    steps_before,
+)
 
 
 def test_sample_times_are_the_centres_of_equal_bins():
@@ -95,3 +103,52 @@ def test_a_view_truncated_midway_puts_the_clip_out_of_sync(coded_view, tmp_path)
     config = PreprocessConfig(frames=8, height=32, width=32)
     with pytest.raises(ViewsOutOfSyncError):
         load_clip([full.path, cut], config)
+
+
+def test_fixed_rate_times_are_bin_centres_inside_the_duration_and_at_least_one():
+    np.testing.assert_allclose(fixed_rate_times(1.0, 4.0), [0.125, 0.375, 0.625, 0.875])
+    np.testing.assert_allclose(fixed_rate_times(0.95, 4.0), [0.125, 0.375, 0.625, 0.875])
+    np.testing.assert_allclose(fixed_rate_times(0.875, 4.0), [0.125, 0.375, 0.625])
+    np.testing.assert_allclose(fixed_rate_times(0.01, 4.0), [0.125])
+    with pytest.raises(ValueError, match="fps"):
+        fixed_rate_times(1.0, 0.0)
+
+
+def test_steps_before_an_end_counts_the_steps_an_online_session_samples():
+    for fps in (12.5, 25.0, 29.97):
+        for end in np.linspace(0.0, 3.0, 97):
+            count = steps_before(end, fps)
+            assert all(step_time(k, fps) < end for k in range(count))
+            assert step_time(count, fps) >= end
+
+
+def test_fixed_rate_sampling_follows_the_clip_length_and_shows_the_same_moments(
+    coded_view, read_codes
+):
+    views = [
+        coded_view("front.mp4", fps=25, count=30),
+        coded_view("left.mkv", fps=30, count=36, start=0.3),
+        coded_view("right.webm", fps=15, count=18, start=0.1),
+    ]
+    # 8 steps/s: no step time falls half-way between two frames of these rates (a tie).
+    config = PreprocessConfig(frames=16, height=32, width=32, fps=8.0)
+    clip = load_clip([view.path for view in views], config)
+    assert config.sampling == "fps"
+    # 1.2 s at 8 steps/s: 10 steps, every 0.125 s from 0.0625 s.
+    assert clip.frames.shape == (3, 10, 1, 32, 32)
+    np.testing.assert_allclose(clip.timestamps, 0.0625 + 0.125 * np.arange(10))
+    # Each view shows its frame nearest each step time (past a view's last frame, that one).
+    shown_ms = read_codes(clip.frames)
+    for v, written in enumerate(views):
+        nearest = np.abs(written.times[:, None] - clip.timestamps[None, :]).argmin(axis=0)
+        np.testing.assert_array_equal(shown_ms[v], written.codes[nearest], err_msg=f"view {v}")
+
+
+def test_nearest_frame_for_one_time_follows_the_same_rule_as_nearest_frames():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        stamps = np.sort(rng.choice(np.arange(0, 2, 0.02), rng.integers(1, 30), replace=False))
+        times = np.concatenate([rng.uniform(-0.2, 2.2, 10), stamps, (stamps[:-1] + stamps[1:]) / 2])
+        expected = nearest_frames(stamps, times)
+        got = [nearest_frame(stamps.tolist(), float(t)) for t in times]
+        np.testing.assert_array_equal(got, expected)

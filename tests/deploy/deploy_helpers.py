@@ -88,6 +88,14 @@ def metric_sample_names() -> frozenset[str]:
     metrics.model_ready.labels("m", "1").set(1)
     metrics.models_loaded.set(1)
     metrics.watch_cameras("m", ("front",))
+    stream = metrics.stream
+    stream.sessions.labels("m").set(1)
+    stream.steps.labels("m").inc()
+    stream.batch_size.labels("m").observe(4)
+    stream.latency.labels("m").observe(0.01)
+    stream.masked_steps.labels("m", "front").inc()
+    stream.closed.labels("m", "1000").inc()
+    stream.buffered.labels("m").set(3)
     return frozenset(
         sample.name for family in metrics.registry.collect() for sample in family.samples
     )

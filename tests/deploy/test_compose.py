@@ -165,7 +165,7 @@ def test_dashboard_queries_only_metrics_the_service_exports() -> None:
         name
         for exprs in dashboard_queries().values()
         for expr in exprs
-        for name in re.findall(r"\bnv_\w+", expr)
+        for name in re.findall(r"\b(?:nv|mplstm)_\w+", expr)
     }
     assert used and used <= exported, f"not exported by /metrics: {sorted(used - exported)}"
     # Request rate, latency by stage, batch size and queue depth are all on it.
@@ -174,6 +174,11 @@ def test_dashboard_queries_only_metrics_the_service_exports() -> None:
         "nv_inference_stage_duration_seconds",
         "nv_inference_batch_size",
         "nv_inference_pending_request_count",
+        # Live sessions: active sessions, steps/s, latency, masked steps by view.
+        "mplstm_stream_sessions",
+        "mplstm_stream_steps",
+        "mplstm_stream_update_latency_seconds",
+        "mplstm_stream_masked_steps",
     ):
         assert any(re.fullmatch(rf"{family}(_total|_bucket|_sum|_count)?", n) for n in used)
     # HTTP and gRPC apart: request rate and latency by the protocol label.

@@ -11,7 +11,11 @@ from mplstm.core.package import ONNX_NAME, load_package
 from mplstm.export.package import evaluate_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMOS = {"demo-lipreading": "lipreading", "demo-identity": "identity"}
+DEMOS = {
+    "demo-lipreading": "lipreading",
+    "demo-lipreading-live": "lipreading",
+    "demo-identity": "identity",
+}
 MAX_PACKAGE_BYTES = 20 * 2**20
 
 
@@ -59,3 +63,10 @@ def test_demo_package_records_every_view_subset_on_its_example_clips(name: str) 
     )
     everything = manifest.expected_accuracy(manifest.view_names)
     assert everything == manifest.training["evaluation"]["accuracy"]
+
+
+def test_the_live_demo_streams_a_step_model_that_matches_its_whole_clip_model() -> None:
+    package = load_package(ROOT / "models" / "demo-lipreading-live" / "1")
+    assert package.manifest.live and package.manifest.preprocess.fps == 12.5
+    parity = package.manifest.parity["step_model"]
+    assert parity["passed"] and {c["chunk"] for c in parity["cases"]} == {1, 3, 7}

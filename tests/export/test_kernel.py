@@ -11,6 +11,7 @@ grow with the output range (about 0.5% of it: 1.3e-2 with all weights in ±0.5).
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
@@ -229,3 +230,61 @@ def test_kernel_compiles_to_ptx_for_the_target_without_a_gpu(arch: int) -> None:
     # Fits the 48 KB a kernel gets without opting in to more shared memory.
     assert 0 < compiled.shared <= 48 * 1024
     assert compiled.threads == 128
+
+
+def _state(dirs: int, hidden: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(dirs, BATCH, hidden, generator=gen) * 0.5 for _ in range(2))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
+def test_node_kernel_starts_from_the_initial_state_as_the_pytorch_layer_does(
+    bidirectional: bool,
+) -> None:
+    # The layer's own init: with every weight in ±0.5 and a random state on top, fp32
+    # rounding alone reaches 1e-5 (1.5e-5 against the fp32 layer, 1.0e-5 against fp64).
+    layer = _layer(dim=20, hidden=48, seed=4, spread=False, bidirectional=bidirectional)
+    x = torch.randn(BATCH, STEPS, VIEWS, 20)
+    h0, c0 = _state(2 if bidirectional else 1, 48, seed=5)
+    with torch.no_grad():
+        out, (h_n, c_n) = copy.deepcopy(layer).double()(
+            x.double(), VIEW_MASK, LENGTHS, state=(h0.double(), c0.double())
+        )
+        w, r, bias, peep = _node_weights(layer, torch.float32)
+        got = mplstm_layer_triton(
+            x, VIEW_MASK, LENGTHS, w, r, bias, peep, bidirectional, "sigmoid", h0, c0
+        )
+    errors = _max_errors((out, h_n, c_n), got)
+    assert max(errors) <= TOLERANCES["kernel-fp32"], errors
+
+
+def test_recurrence_kernel_carries_the_state_across_chunks() -> None:
+    hidden = 32
+    layer = _layer(dim=8, hidden=hidden, seed=6)
+    x = torch.randn(BATCH, STEPS, VIEWS, 8)
+    with torch.no_grad():
+        whole, (h_n, c_n) = layer(x, VIEW_MASK)
+        proj = prepare_gates(
+            input_projection(x, layer.weight_ih_l0, layer.bias_ih_l0 + layer.bias_hh_l0), VIEW_MASK
+        )
+        g_scale = gate_vector(hidden, 1.0, 1.0, 2.0, 1.0, x)
+        weight_hh_t = (layer.weight_hh_l0 * g_scale[:, None]).t().contiguous()
+        h = c = torch.zeros(BATCH, hidden)
+        outputs = []
+        for start, stop in ((0, 1), (1, 4), (4, STEPS)):
+            chunk = proj[:, :, start:stop].contiguous()
+            y, h, c = mplstm_recurrence_triton(chunk, weight_hh_t, None, None, False, False, h, c)
+            outputs.append(y)
+    got = (torch.cat(outputs, dim=1), h, c)
+    errors = _max_errors((whole, h_n[0], c_n[0]), got)
+    assert max(errors) <= TOLERANCES["kernel-fp32"], errors
+
+
+def test_kernel_compiles_with_state_inputs_after_the_node_inputs() -> None:
+    spec = KernelSpec(hidden_size=64, num_views=5, dtype=torch.float16, initial_state=True)
+    compiled = compile_ptx(spec, 80)
+    entry = re.search(rf"\.entry {compiled.name}\((.*?)\)", compiled.ptx, re.DOTALL)
+    assert entry is not None
+    params = re.findall(r"\.param \.(u64|u32)", entry.group(1))
+    # X, view_mask, lengths, W, R, bias, initial_h, initial_c; B, T, D; Y, Y_h, Y_c.
+    assert params[:14] == ["u64"] * 8 + ["u32"] * 3 + ["u64"] * 3

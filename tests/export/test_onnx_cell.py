@@ -33,13 +33,17 @@ def _random_layer(seed: int, views: int = P, **options) -> MPLSTM:
     return layer
 
 
-def _onnx_layer(layer: MPLSTM) -> onnx.ModelProto:
+def _onnx_layer(layer: MPLSTM, initial_state: bool = False) -> onnx.ModelProto:
     params = {k: v.detach().numpy() for k, v in layer.state_dict().items()}
     weights = export_weights(
         params, 0, layer.bidirectional, layer.candidate_uses_forget_kernel, layer.peepholes
     )
     config = CellConfig(
-        layer.num_views, layer.bidirectional, layer.recurrent_activation, layer.peepholes
+        layer.num_views,
+        layer.bidirectional,
+        layer.recurrent_activation,
+        layer.peepholes,
+        initial_state,
     )
     return single_layer_model(weights, config, input_size=D)
 
@@ -64,11 +68,15 @@ def _inputs(
 
 def _torch_outputs(layer: MPLSTM, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The torch layer's answer in fp64: the truth that fp32 runs are measured against."""
+    state = None
+    if "initial_h" in feed:
+        state = tuple(torch.from_numpy(feed[n]).double() for n in onnx_cell.STATE_INPUTS)
     with torch.no_grad():
         y, (h, c) = copy.deepcopy(layer).double()(
             torch.from_numpy(feed["X"]).double(),
             torch.from_numpy(feed["view_mask"]),
             torch.from_numpy(feed["lengths"]),
+            state=state,
         )
     return [y.numpy(), h.numpy(), c.numpy()]
 
@@ -180,3 +188,49 @@ def test_each_scan_step_runs_one_recurrent_matmul_per_direction_and_one_sigmoid(
     assert ops.count("MatMul") == (2 if bidirectional else 1)
     assert ops.count("Sigmoid") == 1
     assert ops.count("Tanh") == 1
+
+
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_function_body_starts_from_the_initial_state_as_the_torch_layer_does(
+    options: dict,
+) -> None:
+    options = dict(options)
+    views = options.pop("views", P)
+    layer = _random_layer(seed=len(options) + 7, views=views, **options)
+    session = _session(_onnx_layer(layer, initial_state=True))
+    dirs = 2 if layer.bidirectional else 1
+    for seed, (batch, steps) in enumerate([(1, 3), (4, 6)]):
+        feed = _inputs(batch, steps, seed, masked=True, uneven=True, views=views)
+        rng = np.random.default_rng(seed + 10)
+        for name in onnx_cell.STATE_INPUTS:
+            feed[name] = rng.standard_normal((dirs, batch, U)).astype(np.float32)
+        got = session.run(None, feed)
+        want = _torch_outputs(layer, feed)
+        for name, g, w in zip(onnx_cell.OUTPUTS, got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=0, atol=ATOL, err_msg=name)
+
+
+def test_chunks_carrying_the_state_through_the_node_give_the_whole_sequence() -> None:
+    layer = _random_layer(seed=5)
+    whole = _session(_onnx_layer(layer))
+    stepper = _session(_onnx_layer(layer, initial_state=True))
+    feed = _inputs(3, 8, seed=6, masked=True, uneven=False)
+    y, h_n, c_n = whole.run(None, feed)
+    h = c = np.zeros((1, 3, U), np.float32)
+    outputs = []
+    for start, stop in ((0, 1), (1, 4), (4, 8)):
+        chunk = dict(feed, X=feed["X"][:, start:stop], lengths=np.full(3, stop - start))
+        out, h, c = stepper.run(None, {**chunk, "initial_h": h, "initial_c": c})
+        outputs.append(out)
+    np.testing.assert_allclose(np.concatenate(outputs, axis=1), y, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(h, h_n, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(c, c_n, rtol=0, atol=ATOL)
+
+
+def test_a_state_node_names_its_overload_and_leaves_the_peephole_slot_empty() -> None:
+    model = _onnx_layer(_random_layer(seed=0), initial_state=True)
+    onnx.checker.check_model(model, full_check=True)
+    (node,) = model.graph.node
+    assert list(node.input[6:]) == ["", "initial_h", "initial_c"]
+    assert node.overload == "views3_forward_sigmoid_state"
+    assert onnx_cell.config_of(node).initial_state

@@ -121,3 +121,55 @@ def test_exportable_swaps_layers_keeps_outputs_and_restores_them() -> None:
     assert isinstance(net.rnn, MPLSTM)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
+
+
+class StatefulNet(nn.Module):
+    """A 2-layer unidirectional MPLSTM that takes and returns (h, c): a step model's core."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = MPLSTM(FEATURES, HIDDEN, VIEWS, num_layers=LAYERS)
+
+    def forward(
+        self, x: Tensor, view_mask: Tensor, h: Tensor, c: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        y, (h_n, c_n) = self.rnn(x, view_mask, state=(h, c))
+        return y, h_n, c_n
+
+
+def test_exported_state_inputs_carry_chunks_into_the_whole_sequence() -> None:
+    torch.manual_seed(2)
+    net = StatefulNet().eval()
+    # Two tensors: the exporter would read one tensor passed twice as one input.
+    h0, c0 = torch.zeros(LAYERS, 2, HIDDEN), torch.zeros(LAYERS, 2, HIDDEN)
+    batch, steps = torch.export.Dim("batch"), torch.export.Dim("time")
+    model = export_onnx(
+        net,
+        (torch.randn(2, 4, VIEWS, FEATURES), torch.ones(2, VIEWS, dtype=torch.bool), h0, c0),
+        input_names=["x", "view_mask", "h", "c"],
+        output_names=["y", "h_n", "c_n"],
+        dynamic_shapes={
+            "x": {0: batch, 1: steps},
+            "view_mask": {0: batch},
+            "h": {1: batch},
+            "c": {1: batch},
+        },
+    )
+    nodes = [n for n in model.graph.node if n.domain == "mplstm"]
+    assert [n.overload for n in nodes] == [
+        f"views{VIEWS}_forward_sigmoid_state",
+        "views1_forward_sigmoid_state",
+    ]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x, mask, _ = _inputs(3, 7, seed=4)
+    with torch.no_grad():
+        want, (h_want, c_want) = copy.deepcopy(net.rnn).double()(x.double(), mask)
+    h = c = np.zeros((LAYERS, 3, HIDDEN), np.float32)
+    outputs = []
+    for start, stop in ((0, 1), (1, 4), (4, 7)):
+        feed = {"x": x[:, start:stop].numpy(), "view_mask": mask.numpy(), "h": h, "c": c}
+        y, h, c = session.run(None, feed)
+        outputs.append(y)
+    np.testing.assert_allclose(np.concatenate(outputs, axis=1), want.numpy(), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(h, h_want.numpy(), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(c, c_want.numpy(), rtol=0, atol=ATOL)

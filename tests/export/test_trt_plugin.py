@@ -146,15 +146,29 @@ def test_plugin_spec_is_the_fused_kernel_for_the_node_attributes() -> None:
     assert (spec.fused, spec.dirs, spec.hard_sigmoid, spec.input_size) == (True, 2, True, 2048)
 
 
+def test_a_node_with_initial_state_names_the_state_plugin_and_its_kernel_takes_h0_c0() -> None:
+    layer = _layer(bidirectional=False)
+    params = {k: v.numpy() for k, v in layer.state_dict().items()}
+    config = onnx_cell.CellConfig(VIEWS, initial_state=True)
+    model = onnx_cell.single_layer_model(onnx_cell.export_weights(params, 0, False), config, DIM)
+    attrs = {a.name: helper.get_attribute_value(a) for a in model.graph.node[0].attribute}
+    assert attrs["plugin_namespace"].decode() == onnx_cell.STATE_PLUGIN_NAMESPACE
+    assert trt_plugin.STATE_PLUGIN_ID == "mplstm_state::MPLSTM"
+    # Every tensor of the state plugin after lengths is one float type: 8 of them.
+    assert trt_plugin.STATE_IO_TYPES.split(", ")[3:] == ["FP32|FP16"] * 8
+    spec = trt_plugin.build_spec(torch.float16, HIDDEN, VIEWS, "forward", "sigmoid", 0, DIM, True)
+    assert spec.initial_state and spec.fused
+
+
 @pytest.mark.gpu
 def test_plugin_registers_under_the_onnx_node_name_namespace_and_version() -> None:
     trt = _tensorrt()
     trt_plugin.register()
     trt_plugin.register()  # idempotent
-    creator = trt.get_plugin_registry().get_creator(
-        onnx_cell.OP_TYPE, onnx_cell.PLUGIN_VERSION, onnx_cell.PLUGIN_NAMESPACE
-    )
-    assert creator is not None
+    registry = trt.get_plugin_registry()
+    for namespace in (onnx_cell.PLUGIN_NAMESPACE, onnx_cell.STATE_PLUGIN_NAMESPACE):
+        creator = registry.get_creator(onnx_cell.OP_TYPE, onnx_cell.PLUGIN_VERSION, namespace)
+        assert creator is not None, namespace
 
 
 @pytest.mark.gpu

@@ -116,3 +116,20 @@ def test_scored_says_which_views_were_used_and_none_for_a_failed_clip(
         [{**records[0].views, "left90": None}], config, package, threads=1, keep=1
     )
     assert missing.error is not None and missing.views_used == ()
+
+
+def test_clips_of_a_live_package_infer_one_run_per_length_with_each_clips_own_answer(
+    tiny_checkpoint, records: list[ClipRecord], tmp_path: Path
+) -> None:
+    from mplstm.export.package import build_package
+
+    live = build_package(tiny_checkpoint("mplstm", fps=10.0), tmp_path / "live" / "1")
+    config = live.manifest.preprocess_config()
+    decoded = [decode(record.views, config) for record in records]
+    lengths = {d.frames.shape[1] for d in decoded}
+    assert len(lengths) > 1  # fixed-rate sampling: T follows each clip's length
+    backend = open_backend(live, BackendOptions(device="cpu"))
+    together = infer_decoded(decoded, backend)
+    for d, scored in zip(decoded, together, strict=True):
+        alone = backend.infer(d.frames[None], d.view_mask[None]).probabilities[0]
+        np.testing.assert_allclose(scored.probabilities, alone, rtol=0, atol=1e-6)

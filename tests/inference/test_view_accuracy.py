@@ -119,3 +119,19 @@ def test_cli_adds_the_table_and_says_what_is_missing(
     out = capsys.readouterr().out
     assert "accuracy of 7 view subsets on 8 clips" in out and "3 view(s)" in out
     assert load_package(package_copy).manifest.view_accuracy is not None
+
+
+def test_a_live_package_whose_clips_differ_in_length_gets_each_subsets_accuracy(
+    tmp_path: Path,
+) -> None:
+    """A live model samples at a fixed rate: clips of different durations batch apart."""
+    root = Path(__file__).resolve().parents[2]
+    live = Path(shutil.copytree(root / "models" / "demo-lipreading-live" / "1", tmp_path / "1"))
+    examples = root / "models" / "examples" / "lipreading" / "manifest.jsonl"
+    config = load_package(live).manifest.preprocess_config()
+    lengths = {load_clip(r.views, config).frames.shape[1] for r in read_manifest(examples)}
+    assert len(lengths) > 1  # the case this test holds
+    table = add_view_accuracy(live, examples, "test").manifest.view_accuracy
+    assert table is not None and table.clips == 20
+    for subset in (table.subsets[0], table.subsets[-1]):
+        assert subset.accuracy == _served_accuracy(live, examples, subset.views)

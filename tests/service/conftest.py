@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from live_server import Server
 from service_helpers import SHARED_ENV, build_packages, write_clip
+from stream_helpers import LIVE_ENV, build_live_packages
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +54,22 @@ def batcher_server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def repo_copy(repo: Path, tmp_path: Path) -> Path:
     """A private copy of the repository, for tests that change it."""
     return Path(shutil.copytree(repo, tmp_path / "models"))
+
+
+@pytest.fixture(scope="session")
+def live_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with a tiny live package (`tiny-live`, 10 steps/s) and an offline one."""
+    work = tmp_path_factory.mktemp("live-packages")
+    build_live_packages(work / "models", work)
+    return work / "models"
+
+
+@pytest.fixture(scope="session")
+def live_server(live_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`mplstm serve` of the live repository with small session limits (`LIVE_ENV`)."""
+    # `mplstm serve`: its WebSocket settings (sans-I/O implementation, no deflate, size cap).
+    log = tmp_path_factory.mktemp("live-server") / "server.log"
+    srv = Server(live_repo, log, dict(LIVE_ENV), command="mplstm")
+    srv.start()
+    yield srv
+    srv.stop()

@@ -112,3 +112,17 @@ def test_client_limits_are_settings_that_fail_fast() -> None:
         load_settings(max_header_bytes=10)
     with pytest.raises(SettingsError, match="MPLSTM_MAX_INFLIGHT_BYTES"):
         load_settings(max_inflight_bytes=0)
+
+
+def test_a_jitter_buffer_too_small_for_the_silence_window_fails_at_start() -> None:
+    with pytest.raises(SettingsError, match="MPLSTM_STREAM_BUFFER_FRAMES=96 cannot hold"):
+        load_settings(stream_silence_ms=1000)
+    settings = load_settings(stream_silence_ms=1000, stream_buffer_frames=242)
+    limits = settings.session_limits(update_every=None, top_k=3)
+    assert (limits.silence_s, limits.buffer_frames, limits.update_every) == (1.0, 242, 1)
+
+
+def test_stream_limits_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPLSTM_MAX_SESSIONS", "0")
+    with pytest.raises(SettingsError, match="MPLSTM_MAX_SESSIONS"):
+        load_settings()

@@ -31,8 +31,9 @@ def _direction(
     act,
     compat: bool,
     peepholes: bool,
+    initial: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One sample, one direction. x: [T, P, D]; present: [P] bool."""
+    """One sample, one direction. x: [T, P, D]; present: [P] bool; initial: (h0, c0) [U]."""
     w_ih, b_ih = params[f"weight_ih_{name}"], params[f"bias_ih_{name}"]
     w_hh, b_hh = params[f"weight_hh_{name}"], params[f"bias_hh_{name}"]
     steps, views, _ = x.shape
@@ -44,8 +45,7 @@ def _direction(
     p_i = p_f = p_o = np.zeros(u)
     if peepholes:
         p_i, p_f, p_o = params[f"weight_peep_{name}"]
-    h = np.zeros(u)
-    c = np.zeros(u)
+    h, c = (np.zeros(u), np.zeros(u)) if initial is None else (initial[0].copy(), initial[1].copy())
     out = np.zeros((steps, u))
     times = range(length - 1, -1, -1) if reverse else range(length)
     for t in times:
@@ -71,15 +71,19 @@ def _direction(
 def reference_mplstm(
     x: np.ndarray,
     params: Mapping[str, np.ndarray],
-    num_layers: int,
-    bidirectional: bool,
+    num_layers: int = 1,
+    bidirectional: bool = False,
     view_mask: np.ndarray | None = None,
     lengths: np.ndarray | None = None,
     recurrent_activation: str = "sigmoid",
     candidate_uses_forget_kernel: bool = False,
     peepholes: bool = False,
+    initial_state: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x: [B, T, P, D] → output [B, T, dirs*U], h_n and c_n [layers*dirs, B, U]."""
+    """x: [B, T, P, D] → output [B, T, dirs*U], h_n and c_n [layers*dirs, B, U].
+
+    initial_state: (h_0, c_0), each [layers*dirs, B, U], or None for zeros.
+    """
     batch, steps, views, _ = x.shape
     act = _hard_sigmoid if recurrent_activation == "hard_sigmoid" else _sigmoid
     present = np.ones((batch, views), bool) if view_mask is None else view_mask.astype(bool)
@@ -92,7 +96,11 @@ def reference_mplstm(
         for layer in range(num_layers):
             mask = present[b] if layer == 0 else np.ones(1, bool)
             outs = []
-            for suffix in suffixes:
+            for k, suffix in enumerate(suffixes):
+                row = layer * len(suffixes) + k
+                initial = None
+                if initial_state is not None:
+                    initial = (initial_state[0][row, b], initial_state[1][row, b])
                 o, h, c = _direction(
                     seq,
                     params,
@@ -103,6 +111,7 @@ def reference_mplstm(
                     act,
                     candidate_uses_forget_kernel,
                     peepholes,
+                    initial,
                 )
                 outs.append(o)
                 h_b.append(h)

@@ -235,3 +235,52 @@ def test_five_view_layer_at_init_does_not_explode_gradients_back_in_time() -> No
     out[:, -1].sum().backward()
     per_step = x.grad.pow(2).sum(dim=(0, 2, 3)).sqrt()
     assert per_step[0] < per_step[-1]
+
+
+@pytest.mark.parametrize("path", ["eager", "fused"])
+@pytest.mark.parametrize("options", [{}, {"num_layers": 2, "peepholes": True}], ids=["one", "two"])
+def test_chunks_carrying_the_state_give_the_whole_sequence(options: dict, path: str) -> None:
+    layer = _randomized(MPLSTM(D, U, P, **options).double().eval())
+    x = torch.randn(B, 9, P, D, dtype=torch.float64)
+    with torch.no_grad(), cell_cpu.disabled() if path == "eager" else _nothing():
+        whole, (h_n, c_n) = layer(x, VIEW_MASK)
+        state, outputs = None, []
+        for start, stop in ((0, 1), (1, 4), (4, 9)):
+            out, state = layer(x[:, start:stop], VIEW_MASK, state=state)
+            outputs.append(out)
+    torch.testing.assert_close(torch.cat(outputs, dim=1), whole, rtol=0, atol=1e-12)
+    torch.testing.assert_close(state[0], h_n, rtol=0, atol=1e-12)
+    torch.testing.assert_close(state[1], c_n, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["eager", "fused"])
+def test_initial_state_matches_the_reference_in_both_directions(path: str) -> None:
+    layer = _randomized(MPLSTM(D, U, P, bidirectional=True).double().eval())
+    x = torch.randn(B, T, P, D, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    h0, c0 = (torch.randn(2, B, U, generator=gen, dtype=torch.float64) for _ in range(2))
+    with torch.no_grad(), cell_cpu.disabled() if path == "eager" else _nothing():
+        out, (h_n, c_n) = layer(x, VIEW_MASK, LENGTHS, state=(h0, c0))
+    expected = reference_mplstm(
+        x.numpy(),
+        _params(layer),
+        view_mask=VIEW_MASK.numpy(),
+        lengths=LENGTHS.numpy(),
+        bidirectional=True,
+        initial_state=(h0.numpy(), c0.numpy()),
+    )
+    np.testing.assert_allclose(out.numpy(), expected[0], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(h_n.numpy(), expected[1], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(c_n.numpy(), expected[2], rtol=0, atol=1e-10)
+
+
+def test_a_state_of_the_wrong_shape_is_refused_with_the_expected_shape() -> None:
+    layer = MPLSTM(D, U, P)
+    with pytest.raises(ValueError, match=r"\[layers\*dirs=1, B=3, U=6\]"):
+        layer(torch.randn(B, T, P, D), state=(torch.zeros(1, 2, U), torch.zeros(1, 2, U)))
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()

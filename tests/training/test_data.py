@@ -241,3 +241,18 @@ def test_time_mask_replaces_one_run_of_frames_in_every_view_by_the_mean_frame() 
     mean = frames.mean(axis=1).round().astype(np.uint8)
     for t in changed:
         assert np.array_equal(out[:, t], mean)
+
+
+def test_clips_of_different_lengths_are_padded_with_their_last_frame_and_given_lengths() -> None:
+    from mplstm.training.data import collate
+
+    short = torch.arange(2 * 3 * 4, dtype=torch.uint8).reshape(2, 3, 1, 2, 2)
+    long = torch.ones(2, 5, 1, 2, 2, dtype=torch.uint8)
+    mask = torch.ones(2, dtype=torch.bool)
+    batch = collate([(short, mask, 0), (long, mask, 1)])
+    assert batch.frames.shape == (2, 2, 5, 1, 2, 2)
+    assert batch.lengths.tolist() == [3, 5]
+    assert torch.equal(batch.frames[0, :, :3], short)
+    assert torch.equal(batch.frames[0, :, 3:], short[:, 2:].expand(-1, 2, -1, -1, -1))
+    same = collate([(long, mask, 0), (long, mask, 1)])
+    assert same.lengths is None

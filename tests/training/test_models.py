@@ -229,3 +229,60 @@ def test_view_dropout_is_held_off_until_the_trainer_turns_it_on() -> None:
         model.drop_views_in_training = True
         dropped = [model(x) for _ in range(4)]
     assert any(not torch.allclose(d, held) for d in dropped)
+
+
+def _live(pooling: str, **config) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return get_model(
+        "mplstm",
+        num_classes=4,
+        num_views=3,
+        widths=(4, 8, 8),
+        hidden_size=8,
+        bidirectional=False,
+        causal=True,
+        pooling=pooling,
+        **config,
+    ).eval()
+
+
+def _zero_state(model: torch.nn.Module, batch: int, size: int) -> dict[str, torch.Tensor]:
+    shapes = model.step_state_shapes(size, size)
+    return {name: torch.zeros(batch, *shape) for name, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("pooling", ["attention", "mean", "last"])
+def test_a_causal_model_run_chunk_by_chunk_gives_its_whole_clip_logits(pooling: str) -> None:
+    model = _live(pooling, num_layers=2)
+    clip = torch.randint(0, 256, (2, 3, 9, 1, 16, 16), dtype=torch.uint8)
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    state = _zero_state(model, 2, 16)
+    with torch.no_grad():
+        for start, stop in ((0, 1), (1, 4), (4, 9)):
+            logits, state = model.step(model.normalise(clip[:, :, start:stop]), mask, state)
+            prefix = model(clip[:, :, :stop], mask)
+            torch.testing.assert_close(logits, prefix, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "offline"])
+def test_only_a_causal_front_end_keeps_features_free_of_later_frames(causal: bool) -> None:
+    model = (
+        _live("attention")
+        if causal
+        else get_model("mplstm", num_classes=4, num_views=3, widths=(4, 8, 8), hidden_size=8).eval()
+    )
+    clip = model.normalise(torch.randint(0, 256, (1, 3, 6, 1, 16, 16), dtype=torch.uint8))
+    changed = clip.clone()
+    changed[:, :, 4:] = -changed[:, :, 4:]
+    with torch.no_grad():
+        before = model.frontend(clip)[:, :, :4]
+        after = model.frontend(changed)[:, :, :4]
+    assert torch.equal(before, after) == causal
+
+
+def test_a_causal_model_must_be_unidirectional_and_offline_models_do_not_step() -> None:
+    with pytest.raises(ValueError, match="bidirectional = false"):
+        get_model("mplstm", num_classes=4, num_views=3, causal=True, bidirectional=True)
+    offline = get_model("mplstm", num_classes=4, num_views=3, widths=(4, 8, 8), hidden_size=8)
+    with pytest.raises(ValueError, match="causal = true"):
+        offline.step(torch.zeros(1, 3, 1, 1, 16, 16), torch.ones(1, 3, dtype=torch.bool), {})

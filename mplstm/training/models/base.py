@@ -129,10 +129,13 @@ class MultiViewModel(nn.Module):
         if self.training and self.drop_views_in_training and cfg.view_dropout > 0:
             view_mask = drop_views(view_mask, cfg.view_dropout)
         check_view_mask(view_mask)
+        return self.classify(self.normalise(x), view_mask, lengths)
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """uint8 pixels → (x / 255 - mean) / std as floats; float input passes as it is."""
         # dtype is static under export: this branch is fixed at trace time.
         uint8 = x.dtype == torch.uint8
-        x = x.float() * self.pixel_scale + self.pixel_shift if uint8 else x.float()
-        return self.classify(x, view_mask, lengths)
+        return x.float() * self.pixel_scale + self.pixel_shift if uint8 else x.float()
 
     def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
         """Normalised float input, bool view mask [B, V] → logits [B, classes]."""

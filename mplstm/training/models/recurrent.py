@@ -30,7 +30,7 @@ class RecurrentConfig(ModelConfig):
     hidden_size: int = 128  # U
     num_layers: int = 1
     bidirectional: bool = True  # the authors' model is bidirectional
-    pooling: Pooling = "attention"  # the authors' temporal attention, or "mean"
+    pooling: Pooling = "attention"  # the authors' temporal attention, "mean", or "last"
 
 
 class FeatureSequenceModel(MultiViewModel):
@@ -40,7 +40,8 @@ class FeatureSequenceModel(MultiViewModel):
         super().__init__(config)
         self.frontend: FrameCNN | None = None
         if config.feature_dim is None:
-            self.frontend = FrameCNN(config.in_channels, config.widths)
+            causal = bool(getattr(config, "causal", False))
+            self.frontend = FrameCNN(config.in_channels, config.widths, causal=causal)
             self.feature_dim = self.frontend.out_dim
         else:
             self.feature_dim = config.feature_dim
@@ -68,6 +69,14 @@ class MPLSTMConfig(RecurrentConfig):
     candidate_uses_forget_kernel: bool = False  # True: the released code's U_f in g
     peepholes: bool = False  # the paper figure's C_{t-1} into the gates
     layer_dropout: float = 0.0  # between stacked MP-LSTM layers
+    # Live models (DESIGN.md §3): a prediction after every step. The front-end reads only
+    # past frames and the MP-LSTM runs forward only; every pooling is causal over a prefix.
+    causal: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.causal and self.bidirectional:
+            raise ValueError("a causal (live) model runs forward only: set bidirectional = false")
 
 
 @register_model("mplstm")
@@ -98,6 +107,43 @@ class MPLSTMModel(FeatureSequenceModel):
         out, _ = self.rnn(feats, view_mask, lengths)
         pooled = self.pool(out, time_mask(lengths, out.shape[1], out.device))
         return self.classifier(self.drop(pooled))
+
+    def step_state_shapes(self, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """Live models: the state `step` carries per sequence for H x W input, by name
+        (the batch axis left out)."""
+        cfg = self.config
+        shapes = {"h": (cfg.num_layers, cfg.hidden_size), "c": (cfg.num_layers, cfg.hidden_size)}
+        if self.frontend is not None:
+            frames = FrameCNN.CONTEXT_FRAMES
+            shapes["context"] = (cfg.num_views, frames, cfg.in_channels, height, width)
+        if self.pool.state_size:
+            shapes["pool"] = (self.pool.state_size,)
+        return shapes
+
+    def step(
+        self, x: Tensor, view_mask: Tensor, state: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Live models: one chunk and the state so far → (logits after its last step, new state).
+
+        x: normalised frames [B, V, t, C, H, W] (features mode: [B, V, t, D]); view_mask
+        [B, V]; state (`step_state_shapes`, batch first): h and c [B, layers, U], context
+        [B, V, 2, C, H, W] (the last input frames), pool [B, S] (the pooling's
+        accumulator). All zeros start a sequence; chunks of any length give, after each,
+        what `forward` gives on every frame so far.
+        """
+        if not self.config.causal:
+            raise ValueError("only a causal (live) model runs step by step: set causal = true")
+        new: dict[str, Tensor] = {}
+        feats = x
+        if self.frontend is not None:
+            feats, new["context"] = self.frontend.step(x, state["context"])
+        initial = (state["h"].transpose(0, 1), state["c"].transpose(0, 1))
+        out, (h, c) = self.rnn(feats.transpose(1, 2), view_mask, state=initial)
+        new["h"], new["c"] = h.transpose(0, 1), c.transpose(0, 1)
+        pooled, pool = self.pool.step(out, state.get("pool"))
+        if pool is not None:
+            new["pool"] = pool
+        return self.classifier(pooled), new
 
 
 @dataclass
