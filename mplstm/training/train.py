@@ -73,6 +73,7 @@ from mplstm.training.distributed import (
     wrap,
 )
 from mplstm.training.evaluate import accuracy, cross_entropy, evaluate_checkpoint, predict
+from mplstm.training.losses import make_criterion
 from mplstm.training.models import get_model
 from mplstm.training.plots import plot_curves
 
@@ -489,7 +490,7 @@ def set_up_run(args: argparse.Namespace, world: World) -> Run:
         meta=meta,
         optimizer=torch.optim.AdamW(trained.parameters(), lr=tc.lr, weight_decay=tc.weight_decay),
         precision=Precision.for_device(world.device, tc.amp),
-        criterion=nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing, reduction="none"),
+        criterion=_criterion(tc, model),
         steps_per_epoch=math.ceil(len(train_set) / tc.batch_size),
     )
     if resumed is None:
@@ -501,6 +502,21 @@ def set_up_run(args: argparse.Namespace, world: World) -> Run:
             json.dumps({"manifest": str(manifest), **config.to_dict()}, indent=2) + "\n"
         )
     return run
+
+
+def _criterion(config: TrainConfig, model: nn.Module) -> nn.Module:
+    """The run's per-clip loss: cross-entropy, or a margin loss on the model's cosine head."""
+    mc = model.config
+    try:
+        return make_criterion(
+            config.loss,
+            margin=config.margin,
+            scale=mc.embedding_scale if getattr(mc, "embedding_size", 0) else None,
+            label_smoothing=config.label_smoothing,
+            softmax_weight=config.softmax_weight,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _run_preprocess(
