@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,13 +89,39 @@ def predict(
     Views outside a subset are masked as absent; a clip left with no view gets -inf logits
     (counted wrong).
     """
+    return per_subset(
+        model,
+        loader,
+        device,
+        lambda frames, mask: model(frames, mask),
+        subsets,
+        progress,
+        -math.inf,
+    )
+
+
+@torch.no_grad()
+def per_subset(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    subsets: Sequence[tuple[int, ...]] | None = None,
+    progress: bool = False,
+    fill: float = math.nan,
+) -> tuple[dict[tuple[int, ...], np.ndarray], np.ndarray]:
+    """`run(frames, view_mask)` rows [N, ...] per view subset (default: all views), and labels.
+
+    Views outside a subset are masked as absent; a clip left with no view gets `fill`.
+    """
     model.eval()
     num_views = model.config.num_views
     subsets = list(subsets) if subsets is not None else [tuple(range(num_views))]
     keep = {s: torch.zeros(num_views, dtype=torch.bool, device=device) for s in subsets}
     for s in subsets:
         keep[s][list(s)] = True
-    logits: dict[tuple[int, ...], list[torch.Tensor]] = {s: [] for s in subsets}
+    # Per subset, each batch's rows; None for a batch where no clip has a view of the subset.
+    outputs: dict[tuple[int, ...], list[tuple[int, torch.Tensor | None]]] = {s: [] for s in subsets}
     labels = []
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
         batch = batch.to(device)
@@ -103,14 +129,25 @@ def predict(
         for s in subsets:
             mask = batch.view_mask & keep[s]
             usable = mask.any(dim=1)
-            out = torch.full((len(batch), model.config.num_classes), -math.inf, device=device)
+            out = None
             if usable.any():
-                out[usable] = model(batch.frames[usable], mask[usable]).float()
-            logits[s].append(out.cpu())
+                rows = run(batch.frames[usable], mask[usable]).float()
+                out = torch.full((len(batch), *rows.shape[1:]), fill, device=device)
+                out[usable] = rows
+            outputs[s].append((len(batch), None if out is None else out.cpu()))
     return (
-        {s: torch.cat(chunks).numpy() for s, chunks in logits.items()},
+        {s: _stacked(chunks, fill, model.config.num_classes) for s, chunks in outputs.items()},
         torch.cat(labels).numpy(),
     )
+
+
+def _stacked(chunks: list[tuple[int, torch.Tensor | None]], fill: float, width: int) -> np.ndarray:
+    """The batches' rows as one array, `fill` rows for batches that had none."""
+    found = [c for _, c in chunks if c is not None]
+    shape = found[0].shape[1:] if found else (width,)
+    return torch.cat(
+        [c if c is not None else torch.full((n, *shape), fill) for n, c in chunks]
+    ).numpy()
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
