@@ -21,7 +21,7 @@ from mplstm.core.errors import CorruptVideoError
 from mplstm.core.package import ModelPackage
 from mplstm.core.preprocess import PreprocessConfig, ViewSource, load_clip
 from mplstm.core.worker_pool import CRASH_ATTEMPTS
-from mplstm.inference.backend import Backend, dummy_batch
+from mplstm.inference.backend import Backend, InferenceOutput, dummy_batch
 from mplstm.inference.sessions import worker_session
 
 ClipViews = Mapping[str, ViewSource]
@@ -62,6 +62,7 @@ class Scored:
     inference_s: float  # of the whole batch it ran in
     batch_size: int  # clips in that batch
     error: Exception | None = None
+    embedding: np.ndarray | None = None  # float32 [E], models with an embedding output
 
     @property
     def views_used(self) -> tuple[str, ...]:
@@ -94,7 +95,7 @@ def decode(
 def infer_decoded(decoded: Sequence[Decoded], backend: Backend) -> list[Scored]:
     """Infer the clips that decoded as one batch; the others keep their errors."""
     good = [d for d in decoded if d.error is None]
-    probabilities: np.ndarray | None = None
+    output: InferenceOutput | None = None
     seconds = 0.0
     if good:
         start = time.perf_counter()
@@ -102,13 +103,18 @@ def infer_decoded(decoded: Sequence[Decoded], backend: Backend) -> list[Scored]:
             np.stack([d.frames for d in good]), np.stack([d.view_mask for d in good])
         )
         seconds = time.perf_counter() - start
-        probabilities = output.probabilities
     rows = iter(range(len(good)))
     out = []
     for d in decoded:
-        probs = None if d.error is not None else probabilities[next(rows)]  # type: ignore[index]
+        row = None if d.error is not None else next(rows)
+        probs = embedding = None
+        if row is not None and output is not None:
+            probs = output.probabilities[row]
+            embedding = None if output.embedding is None else output.embedding[row]
         out.append(
-            Scored(d.view_names, d.view_mask, probs, d.decode_s, seconds, len(good), d.error)
+            Scored(
+                d.view_names, d.view_mask, probs, d.decode_s, seconds, len(good), d.error, embedding
+            )
         )
     return out
 

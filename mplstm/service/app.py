@@ -16,6 +16,8 @@ from fastapi import FastAPI
 
 from mplstm import __version__
 from mplstm.service.errors import install_error_handlers
+from mplstm.service.gallery.gallery import open_gallery
+from mplstm.service.gallery.routes import install as install_gallery
 from mplstm.service.limits import BodyLimitMiddleware
 from mplstm.service.logs import RequestIdMiddleware, configure_logging
 from mplstm.service.metrics import ServiceMetrics
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     """The service app for `settings`; models load when the app starts (lifespan)."""
     configure_logging(settings.log_format, settings.log_level)
-    api_keys = settings.load_api_keys()
+    admin_keys = settings.load_admin_keys()
+    api_keys = settings.load_api_keys() | admin_keys  # an admin key may do everything
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
         repository = ModelRepository(settings, metrics, workers)
         app.state.services = Services(settings, repository, workers, metrics)
         await repository.load_all()
+        await open_gallery(app.state.gallery, repository.models())
         # What start-up loaded lives as long as the process: frozen out of the cyclic
         # GC's sight, full collections stop walking it; they had paused every request in
         # flight (docs/benchmarks.md, design figures).
@@ -55,6 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             log.info("shutting down: draining batchers")
             await repository.close()
+            await app.state.gallery.close()
             await workers.close()
             log.info("shut down")
 
@@ -66,9 +71,11 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.api_keys = api_keys
+    app.state.admin_keys = admin_keys
     install_error_handlers(app)
     app.include_router(open_router)
     app.include_router(router)
+    install_gallery(app, settings.gallery_url)
     # Outermost last: request ids wrap everything, the body limit wraps the routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestIdMiddleware)

@@ -51,13 +51,41 @@ def counted(services: Services, model: str, route: str) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class _Scored:
-    """One clip's probabilities, the views it used, and the seconds each stage took."""
+class ScoredClip:
+    """One clip's probabilities (and embedding), the views it used, and each stage's seconds."""
 
     view_names: tuple[str, ...]
     view_mask: np.ndarray
     probabilities: np.ndarray
     seconds: dict[str, float]
+    embedding: np.ndarray | None = None  # models with an embedding output
+
+    @property
+    def views_used(self) -> list[str]:
+        """The views sent and used, in model order."""
+        return [n for n, used in zip(self.view_names, self.view_mask, strict=True) if used]
+
+    def timings_ms(self) -> Timings:
+        return Timings(**{k: round(v * 1000, 3) for k, v in self.seconds.items()})
+
+
+async def score_views(
+    model: LoadedModel,
+    views: Mapping[str, BinaryIO],
+    *,
+    workers: VideoWorkers,
+    metrics: ServiceMetrics,
+    timeout_s: float,
+) -> ScoredClip:
+    """Uploaded views of one clip, decoded and inferred where the model's placement says:
+    the one video path of predict and of the gallery's enrol, identify and verify."""
+    config = model.preprocess
+    if model.worker_queue is not None:
+        scored = await _in_workers(model.worker_queue, views, config, timeout_s)
+    else:
+        scored = await _through_batcher(model, views, config, workers, timeout_s)
+    metrics.observe_stages(model.name, scored.seconds)
+    return scored
 
 
 async def predict_views(
@@ -71,19 +99,13 @@ async def predict_views(
     timeout_s: float,
 ) -> PredictResponse:
     """Uploaded views of one clip -> the model's top-k predictions, with per-stage timings."""
-    config = model.preprocess
-    if model.worker_queue is not None:
-        scored = await _in_workers(model.worker_queue, views, config, timeout_s)
-    else:
-        scored = await _through_batcher(model, views, config, workers, timeout_s)
-    metrics.observe_stages(model.name, scored.seconds)
-    used = zip(scored.view_names, scored.view_mask, strict=True)
+    scored = await score_views(model, views, workers=workers, metrics=metrics, timeout_s=timeout_s)
     return PredictResponse(
         model=ModelRef(name=model.name, version=model.version),
         task=model.manifest.task,
         predictions=top_predictions(scored.probabilities, model.manifest.labels, top_k),
-        views_used=[name for name, present in used if present],
-        timings_ms=Timings(**{k: round(v * 1000, 3) for k, v in scored.seconds.items()}),
+        views_used=scored.views_used,
+        timings_ms=scored.timings_ms(),
         request_id=request_id,
     )
 
@@ -93,7 +115,7 @@ async def _in_workers(
     views: Mapping[str, BinaryIO],
     config: PreprocessConfig,
     timeout_s: float,
-) -> _Scored:
+) -> ScoredClip:
     start = time.perf_counter()
     done = await queue.predict(views, config, timeout_s=timeout_s)
     total = time.perf_counter() - start
@@ -106,7 +128,7 @@ async def _in_workers(
         "total": total,
     }
     assert done.view_mask is not None and done.probabilities is not None  # no error
-    return _Scored(done.view_names, done.view_mask, done.probabilities, seconds)
+    return ScoredClip(done.view_names, done.view_mask, done.probabilities, seconds, done.embedding)
 
 
 async def _through_batcher(
@@ -115,7 +137,7 @@ async def _through_batcher(
     config: PreprocessConfig,
     workers: VideoWorkers,
     timeout_s: float,
-) -> _Scored:
+) -> ScoredClip:
     start = time.perf_counter()
     try:
         decoded = await asyncio.wait_for(workers.decode(views, config), timeout_s)
@@ -134,7 +156,8 @@ async def _through_batcher(
         "inference": result.inference_s,
         "total": time.perf_counter() - start,
     }
-    return _Scored(decoded.view_names, view_mask, result.probabilities[0], seconds)
+    embedding = None if result.embedding is None else result.embedding[0]
+    return ScoredClip(decoded.view_names, view_mask, result.probabilities[0], seconds, embedding)
 
 
 async def infer_tensors(

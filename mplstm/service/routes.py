@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
 from mplstm import __version__
+from mplstm.core.package import EMBEDDING_OUTPUT
 from mplstm.service.auth import require_api_key
 from mplstm.service.errors import (
     ApiError,
@@ -304,6 +305,8 @@ async def _infer(request: Request, name: str, version: str | None, svc: Services
             model, clip, mask, metrics=svc.metrics, timeout_s=svc.settings.request_timeout_s
         )
         outputs = {"logits": result.logits, "probabilities": result.probabilities}
+        if result.embedding is not None:
+            outputs[EMBEDDING_OUTPUT] = result.embedding
         names = requested_outputs(infer_request, list(outputs))
         response = InferResponse(
             model_name=model.name,
