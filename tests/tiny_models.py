@@ -19,6 +19,7 @@ def save_tiny_checkpoint(
     views: tuple[str, ...] = TINY_VIEWS,
     labels: tuple[str, ...] = TINY_LABELS,
     seed: int = 0,
+    task: str = "lipreading",
     **config: Any,
 ) -> Path:
     """An untrained small model of `family` saved as a checkpoint (8 frames of 32x32 gray)."""
@@ -41,6 +42,6 @@ def save_tiny_checkpoint(
         view_names=views,
         view_yaws=YAWS.get(views),
         preprocess=PreprocessConfig(frames=8, height=32, width=32, channels=1),
-        task="lipreading",
+        task=task,
     )
     return save_checkpoint(path, model, meta)

@@ -39,3 +39,64 @@ def gallery_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'gallery.db'}"
     return new_database(request.getfixturevalue("pg"))
+
+
+ADMIN_KEY, USER_KEY = "admin-key-0123", "user-key-4567"
+IDENTITY, IDENTITY_B, LIPREADING = "tiny-id", "tiny-id-b", "tiny-lip"
+
+
+@pytest.fixture(scope="session")
+def identity_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny-id` (embedding head, view dropout, thresholds measured at export on four
+    people it never saw), `tiny-id-b` (the same package under another name: its own,
+    empty gallery) and `tiny-lip` (no embedding)."""
+    import shutil
+
+    from service_helpers import VIEWS, write_clip
+    from tiny_models import save_tiny_checkpoint
+
+    from mplstm.core.manifest import ClipRecord, write_manifest
+    from mplstm.export.package import OpenSetOptions, build_package
+
+    work = tmp_path_factory.mktemp("identity")
+    repo = work / "models"
+    unseen = [
+        ClipRecord(
+            f"u{p}_c{c}", f"u{p}", f"u{p}", "test", write_clip(work / f"u{p}_{c}", 50 + 7 * p + c)
+        )
+        for p in range(4)
+        for c in range(3)
+    ]
+    write_manifest(unseen, work / "unseen.jsonl")
+    identity = save_tiny_checkpoint(
+        work / "id.pt", views=VIEWS, labels=("p1", "p2", "p3"), seed=3, task="identity",
+        view_dropout=0.2, embedding_size=8,
+    )  # fmt: skip
+    build_package(
+        identity,
+        repo / IDENTITY / "1",
+        open_set=OpenSetOptions(work / "unseen.jsonl", enrol_clips=1),
+    )
+    shutil.copytree(repo / IDENTITY, repo / IDENTITY_B)
+    lip = save_tiny_checkpoint(work / "lip.pt", views=VIEWS, labels=("a", "b"), seed=4)
+    build_package(lip, repo / LIPREADING / "1")
+    return repo
+
+
+def server_env(gallery_url: str, **extra: str) -> dict[str, str]:
+    """A gallery server's settings: keys, the database, the shared server's tight limits."""
+    from service_helpers import SHARED_ENV
+
+    return {
+        **SHARED_ENV,
+        "MPLSTM_DEFAULT_MODEL": LIPREADING,
+        "MPLSTM_GALLERY_URL": gallery_url,
+        "MPLSTM_API_KEYS": USER_KEY,
+        "MPLSTM_ADMIN_API_KEYS": ADMIN_KEY,
+        "MPLSTM_DECODE_WORKERS": "1",
+        **extra,
+    }
+
+
+def auth(key: str = USER_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
