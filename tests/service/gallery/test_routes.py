@@ -156,7 +156,9 @@ def test_an_empty_gallery_identifies_everyone_as_unknown(server: Server, people)
     )
 
 
-@pytest.mark.parametrize("person", [".hidden", "-dash", "a%20b", "%C3%A9t%C3%A9", "x" * 129, "a;drop"])
+@pytest.mark.parametrize(
+    "person", [".hidden", "-dash", "a%20b", "%C3%A9t%C3%A9", "x" * 129, "a;drop"]
+)
 def test_a_person_id_that_is_not_a_safe_identifier_is_422(
     server: Server, people, person: str
 ) -> None:
