@@ -9,7 +9,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pg_cluster import Cluster, ClusterUnavailable, start_cluster
+
+from bench.pg_cluster import Cluster, ClusterUnavailable, start_cluster
 
 ENGINES = ("sqlite", "postgresql")
 

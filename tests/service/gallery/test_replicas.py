@@ -10,8 +10,9 @@ import httpx
 import pytest
 from conftest import ADMIN_KEY, IDENTITY, auth, new_database, server_env
 from live_server import Server
-from pg_cluster import Cluster, ClusterUnavailable, start_cluster
 from service_helpers import upload, write_clip
+
+from bench.pg_cluster import Cluster, ClusterUnavailable, start_cluster
 
 # How long a test waits for something that should take about a second: a generous bound
 # for a loaded machine, not a measurement.

@@ -1,20 +1,28 @@
-"""A throwaway PostgreSQL cluster for tests: initdb in a temp dir, on a free loopback port.
+"""A throwaway PostgreSQL cluster for the gallery's tests and bench/gallery.py.
 
-PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` system
-user (runuser); as anyone else, as that user. Tests skip, saying why, only where no
-cluster can start (no server binaries: `make postgres` installs them).
+initdb in a temp dir, started on a free loopback port. PostgreSQL refuses to run as root,
+so as root the cluster runs as the `postgres` system user (runuser); as anyone else, as
+that user. Where no cluster can start (no server binaries: `make postgres` installs
+them) `ClusterUnavailable` says why, and the tests skip with it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from live_server import free_port
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 _BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/local/bin", "/usr/lib/postgresql/16/bin")
 
