@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint format bench clean demo-models demo-lipreading demo-identity deploy-tools gpu-check
+.PHONY: venv run test lint format bench clean demo-models demo-lipreading demo-identity deploy-tools postgres gpu-check
 
 KERNEL_STAMP := $(VENV)/.cell_cpu
 
@@ -43,6 +43,15 @@ deploy-tools:
 		|| echo "docker-compose could not be installed: tests/deploy compose checks will skip"
 	@command -v kubectl >/dev/null || echo "kubectl not found: tests/deploy kustomize checks will skip"
 
+# PostgreSQL 15's server binaries for the gallery's PostgreSQL tests (tests/service/gallery:
+# each starts a throwaway cluster as the `postgres` user, which the Debian package creates).
+# Missing, those tests skip, saying so.
+postgres:
+	@command -v initdb >/dev/null || test -x /usr/lib/postgresql/15/bin/initdb \
+		|| apt-get install -y -q postgresql-15 >/dev/null \
+		|| sudo apt-get install -y -q postgresql-15 >/dev/null \
+		|| echo "postgresql-15 could not be installed: the gallery's PostgreSQL tests will skip"
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -51,7 +60,7 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: venv lint deploy-tools
+test: venv lint deploy-tools postgres
 	$(BIN)/pytest -q
 
 # Triton's side of bench/serve.py: nvidia-pytriton needs numpy<2, so it has its own venv.
