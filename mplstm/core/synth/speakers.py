@@ -135,17 +135,18 @@ def speaker(speaker_id: int, generator: int = GENERATOR_VERSION) -> Speaker:
 def _traits(speaker_id: int) -> dict:
     """Generator 3's continuous frontal and profile traits of one id."""
     rng = np.random.default_rng(np.random.SeedSequence([TRAIT_STREAM, speaker_id]))
-    # One gap left of centre and one right of it, anywhere on the visible teeth, of any
-    # width from a sliver to generator 2's; together with the shade, three numbers.
+    # One gap left of centre and one right of it, anywhere on the visible teeth, from a
+    # narrow to a wide one, and the teeth's shade from dull to bright: three numbers, each
+    # range wide enough that two random people differ by several pixels or grey levels.
     gaps = (
-        (float(rng.uniform(-0.3, -0.02)), float(rng.uniform(0.025, 0.07))),
-        (float(rng.uniform(0.02, 0.3)), float(rng.uniform(0.025, 0.07))),
+        (float(rng.uniform(-0.3, -0.04)), float(rng.uniform(0.035, 0.09))),
+        (float(rng.uniform(0.04, 0.3)), float(rng.uniform(0.035, 0.09))),
     )
-    shade = float(rng.uniform(0.55, 0.95))
-    # Generator 2's four shapes are corners of this box.
+    shade = float(rng.uniform(0.4, 0.95))
+    # Generator 2's four shapes lie inside this box.
     profile = (
-        float(rng.uniform(-0.05, 0.16)),
-        float(rng.uniform(-0.05, 0.16)),
-        float(rng.uniform(0.0, 0.2)),
+        float(rng.uniform(-0.06, 0.24)),
+        float(rng.uniform(-0.06, 0.24)),
+        float(rng.uniform(0.0, 0.3)),
     )
     return {"teeth_gaps": gaps, "teeth_shade": shade, "profile": profile}
