@@ -241,3 +241,25 @@ def test_v2_lists_and_returns_the_embedding(server: Server) -> None:
     assert outputs["embedding"]["shape"] == [2, 8]
     vectors = np.asarray(outputs["embedding"]["data"]).reshape(2, 8)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_clips_embed_alike_through_the_decode_workers_and_the_batcher(
+    server: Server, identity_repo: Path, people, tmp_path: Path
+) -> None:
+    # The same database, a second server whose video route infers through the batcher.
+    url = f"sqlite:///{Path(server.env['MPLSTM_GALLERY_URL'].removeprefix('sqlite:///'))}"
+    env = server_env(url, MPLSTM_VIDEO_INFERENCE="main")
+    batcher = Server(identity_repo, tmp_path / "batcher.log", env).start()
+    try:
+        assert _enrol(server, "gina", people[1]).status_code == 201
+        answers = [
+            httpx.post(
+                f"{s.url}/v1/models/{IDENTITY}/verify/gina?threshold=0.5",
+                files=upload(people[1]), headers=auth(), timeout=60,
+            ).json()
+            for s in (server, batcher)
+        ]  # fmt: skip
+        assert answers[0]["score"] == pytest.approx(answers[1]["score"], abs=1e-4)
+        assert answers[1]["score"] > 0.9999
+    finally:
+        batcher.stop()
