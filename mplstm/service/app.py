@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
         repository = ModelRepository(settings, metrics, workers)
         app.state.services = Services(settings, repository, workers, metrics)
         await repository.load_all()
-        await open_gallery(app.state.gallery, repository.models())
+        await open_gallery(app.state.gallery, repository.models(), metrics.registry)
         # What start-up loaded lives as long as the process: frozen out of the cyclic
         # GC's sight, full collections stop walking it; they had paused every request in
         # flight (docs/benchmarks.md, design figures).

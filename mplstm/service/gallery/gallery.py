@@ -19,11 +19,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from mplstm.service.gallery.index import ModelIndex
 from mplstm.service.gallery.store import (
@@ -275,12 +277,40 @@ class GalleryHolder:
             self._gallery = None
 
 
-async def open_gallery(holder: GalleryHolder, models: Sequence[Any]) -> None:
-    """At start-up: open the gallery if a served model has an embedding output.
+class GalleryCollector:
+    """Prometheus gauges read at scrape time: people per model, and whether the gallery is up."""
+
+    def __init__(self, holder: GalleryHolder) -> None:
+        self.holder = holder
+
+    def collect(self) -> Iterator[Metric]:
+        gallery = self.holder.opened
+        people = GaugeMetricFamily(
+            "mplstm_gallery_people", "People in each model's gallery (in memory).", labels=["model"]
+        )
+        up = GaugeMetricFamily(
+            "mplstm_gallery_available",
+            "1 while the gallery database is reachable and its changes are followed.",
+        )
+        if gallery is not None:
+            for model, index in sorted(gallery._indexes.items()):
+                people.add_metric([model], len(index))
+            up.add_metric([], 1.0 if gallery.available else 0.0)
+        yield people
+        yield up
+
+
+async def open_gallery(
+    holder: GalleryHolder, models: Sequence[Any], registry: CollectorRegistry | None = None
+) -> None:
+    """At start-up: open the gallery if a served model has an embedding output (and add
+    its gauges to `registry`).
 
     A database this server cannot use (a newer schema, a damaged file) stops start-up with
     the reason; one that cannot be reached only makes the gallery routes answer 503.
     """
+    if registry is not None:
+        registry.register(GalleryCollector(holder))
     names = [m.name for m in models if m.manifest.embedding_size]
     if not names:
         return

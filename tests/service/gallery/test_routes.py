@@ -53,6 +53,9 @@ def test_enrol_identify_verify_and_delete_over_http(server: Server, people) -> N
     assert _enrol(server, "alice", people[1]).json()["embeddings"] == 2
     assert _enrol(server, "bob", people[2]).status_code == 201
 
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    assert f'mplstm_gallery_people{{model="{IDENTITY}"}} 2.0' in metrics
+    assert "mplstm_gallery_available 1.0" in metrics
     page = httpx.get(_url(server, "gallery"), headers=auth(), timeout=30).json()
     assert [(p["person_id"], p["embeddings"]) for p in page["people"]] == [("alice", 2), ("bob", 1)]
     detail = httpx.get(_url(server, "gallery/alice"), headers=auth(), timeout=30).json()
