@@ -3,12 +3,11 @@ identity package (a tiny model with an embedding head, thresholds set at export)
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
+from gallery_helpers import IDENTITY, IDENTITY_B, LIPREADING, new_database
 
 from bench.pg_cluster import Cluster, ClusterUnavailable, start_cluster
 
@@ -26,24 +25,12 @@ def pg() -> Iterator[Cluster]:
     cluster.remove()
 
 
-def new_database(cluster: Cluster) -> str:
-    """A fresh, empty database on the cluster; its URL."""
-    name = f"gallery_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(cluster.url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return cluster.url.rsplit("/", 1)[0] + f"/{name}"
-
-
 @pytest.fixture(params=ENGINES)
 def gallery_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty gallery database, once per engine."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'gallery.db'}"
     return new_database(request.getfixturevalue("pg"))
-
-
-ADMIN_KEY, USER_KEY = "admin-key-0123", "user-key-4567"
-IDENTITY, IDENTITY_B, LIPREADING = "tiny-id", "tiny-id-b", "tiny-lip"
 
 
 @pytest.fixture(scope="session")
@@ -82,22 +69,3 @@ def identity_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lip = save_tiny_checkpoint(work / "lip.pt", views=VIEWS, labels=("a", "b"), seed=4)
     build_package(lip, repo / LIPREADING / "1")
     return repo
-
-
-def server_env(gallery_url: str, **extra: str) -> dict[str, str]:
-    """A gallery server's settings: keys, the database, the shared server's tight limits."""
-    from service_helpers import SHARED_ENV
-
-    return {
-        **SHARED_ENV,
-        "MPLSTM_DEFAULT_MODEL": LIPREADING,
-        "MPLSTM_GALLERY_URL": gallery_url,
-        "MPLSTM_API_KEYS": USER_KEY,
-        "MPLSTM_ADMIN_API_KEYS": ADMIN_KEY,
-        "MPLSTM_DECODE_WORKERS": "1",
-        **extra,
-    }
-
-
-def auth(key: str = USER_KEY) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ADMIN_KEY, IDENTITY, auth, new_database, server_env
+from gallery_helpers import ADMIN_KEY, IDENTITY, auth, new_database, server_env
 from live_server import Server
 from service_helpers import upload, write_clip
 

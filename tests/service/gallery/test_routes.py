@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ADMIN_KEY, IDENTITY, IDENTITY_B, LIPREADING, USER_KEY, auth, server_env
+from gallery_helpers import ADMIN_KEY, IDENTITY, IDENTITY_B, LIPREADING, USER_KEY, auth, server_env
 from live_server import Server
 from service_helpers import VIEWS, upload, write_clip
 
