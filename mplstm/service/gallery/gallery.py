@@ -113,7 +113,7 @@ class Gallery:
         self.store.migrate()
         last = self.store.last_change()  # before reading: later changes are applied again
         with self._update:
-            for model, index in self._indexes.items():
+            for model, index in list(self._indexes.items()):  # a route may add one meanwhile
                 self._load(model, index)
         self._applied, self._loaded = last, True
         self._synced_at = time.monotonic()
@@ -293,7 +293,7 @@ class GalleryCollector:
             "1 while the gallery database is reachable and its changes are followed.",
         )
         if gallery is not None:
-            for model, index in sorted(gallery._indexes.items()):
+            for model, index in sorted(list(gallery._indexes.items())):
                 people.add_metric([model], len(index))
             up.add_metric([], 1.0 if gallery.available else 0.0)
         yield people
