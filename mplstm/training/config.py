@@ -71,6 +71,10 @@ class TrainConfig:
     # Epochs trained on every view before the model's view_dropout starts: dropped views
     # from the first step kept a 5-view model on the frontal cue alone (docs/results.md).
     view_dropout_start_epoch: int = 0
+    # A checkpoint whose per-frame front-end (frontend.*) a new run starts from, as the
+    # paper starts from a pretrained face CNN: e.g. a single-view model of the same people,
+    # which learns the per-view traits several times faster (docs/results.md). "": none.
+    init_from: str = ""
 
 
 @dataclass(frozen=True)

@@ -474,6 +474,8 @@ def set_up_run(args: argparse.Namespace, world: World) -> Run:
 
     torch.manual_seed(tc.seed)
     model, meta = _new_model(config, spec, preprocess) if resumed is None else _saved_model(resumed)
+    if resumed is None and tc.init_from:
+        _init_frontend(model, Path(tc.init_from), world)
     trained = wrap(model.to(world.device), world)
     run = Run(
         out=args.out,
@@ -535,6 +537,23 @@ def _run_preprocess(
         unaugmented = ClipDataset(spec.split("train"), spec.labels, preprocess, cache_dir)
         preprocess = _measure_normalisation(config, preprocess, unaugmented)
     return world.broadcast(preprocess)
+
+
+def _init_frontend(model: nn.Module, path: Path, world: World) -> None:
+    """Start the model's front-end (frontend.*) from another checkpoint's, where shapes match."""
+    try:
+        state = load_checkpoint(path, "cpu")["model"]["state_dict"]
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"train.init_from: {exc}") from exc
+    own = model.state_dict()
+    taken = {
+        k: v for k, v in state.items()
+        if k.startswith("frontend.") and k in own and own[k].shape == v.shape
+    }  # fmt: skip
+    if not taken:
+        raise ConfigError(f"train.init_from: {path} has no front-end of this model's shapes")
+    model.load_state_dict(taken, strict=False)
+    world.log(f"front-end from {path}: {len(taken)} tensors")
 
 
 def _saved_model(resumed: dict[str, Any]) -> tuple[nn.Module, CheckpointMeta]:

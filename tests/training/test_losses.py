@@ -97,3 +97,22 @@ def test_a_plain_classifier_embeds_its_normalised_features() -> None:
 def test_families_without_clip_features_refuse_an_embedding_head(name: str) -> None:
     with pytest.raises(ValueError, match="embedding_size must be 0"):
         get_model(name, num_classes=5, num_views=3, embedding_size=8)
+
+
+def test_a_run_can_start_its_front_end_from_another_family_checkpoint(
+    tiny_checkpoint, tmp_path
+) -> None:
+    from mplstm.training.checkpoint import load_checkpoint
+    from mplstm.training.distributed import World
+    from mplstm.training.train import _init_frontend
+
+    source = tiny_checkpoint("single_view")
+    model = get_model("mplstm", num_classes=5, num_views=3, widths=(8, 8, 16), hidden_size=16)
+    _init_frontend(model, source, World())
+    state = load_checkpoint(source)["model"]["state_dict"]
+    for name, value in model.state_dict().items():
+        if name.startswith("frontend."):
+            torch.testing.assert_close(value, state[name])
+    other = get_model("mplstm", num_classes=5, num_views=3, widths=(4, 4, 4), hidden_size=16)
+    with pytest.raises(ConfigError, match="no front-end of this model's shapes"):
+        _init_frontend(other, source, World())
