@@ -545,13 +545,13 @@ def _init_frontend(model: nn.Module, path: Path, world: World) -> None:
         state = load_checkpoint(path, "cpu")["model"]["state_dict"]
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"train.init_from: {exc}") from exc
-    own = model.state_dict()
-    taken = {
-        k: v for k, v in state.items()
-        if k.startswith("frontend.") and k in own and own[k].shape == v.shape
-    }  # fmt: skip
-    if not taken:
-        raise ConfigError(f"train.init_from: {path} has no front-end of this model's shapes")
+    wanted = {k: v.shape for k, v in model.state_dict().items() if k.startswith("frontend.")}
+    taken = {k: state[k] for k in wanted if k in state and state[k].shape == wanted[k]}
+    if not wanted or len(taken) < len(wanted):
+        raise ConfigError(
+            f"train.init_from: {path} has no front-end of this model's shapes "
+            f"({len(taken)} of {len(wanted)} tensors match): use the same model.widths"
+        )
     model.load_state_dict(taken, strict=False)
     world.log(f"front-end from {path}: {len(taken)} tensors")
 
