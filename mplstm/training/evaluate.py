@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mplstm.training.checkpoint import load_model
+from mplstm.core.manifest import ClipRecord
+from mplstm.training.checkpoint import CheckpointMeta, load_model
 from mplstm.training.data import ClipDataset, DataError, make_loader, read_data_spec
 from mplstm.training.plots import plot_confusion
 
@@ -308,6 +309,24 @@ def write_report(report: EvalReport, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
+def load_for_evaluation(
+    checkpoint: str | Path, manifest: str | Path, split: str, device: torch.device
+) -> tuple[nn.Module, CheckpointMeta, list[ClipRecord]]:
+    """The checkpoint's model and metadata, and the split's clips; DataError when the split
+    is empty or lacks a view the model reads."""
+    model, meta = load_model(checkpoint, device)
+    spec = read_data_spec(manifest)
+    records = spec.split(split)
+    if not records:
+        raise DataError(f"{manifest} has no clip in split {split!r}")
+    missing = [name for name in meta.view_names if name not in spec.view_names]
+    if missing:
+        raise DataError(
+            f"the model reads views {list(meta.view_names)}, but {manifest} has no {missing}"
+        )
+    return model, meta, records
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     manifest: str | Path,
@@ -323,16 +342,7 @@ def evaluate_checkpoint(
 ) -> tuple[EvalReport, dict[str, Path]]:
     """Evaluate a checkpoint on one split of a manifest and write the report files."""
     device = torch.device(device)
-    model, meta = load_model(checkpoint, device)
-    spec = read_data_spec(manifest)
-    records = spec.split(split)
-    if not records:
-        raise DataError(f"{manifest} has no clip in split {split!r}")
-    missing = [name for name in meta.view_names if name not in spec.view_names]
-    if missing:
-        raise DataError(
-            f"the model reads views {list(meta.view_names)}, but {manifest} has no {missing}"
-        )
+    model, meta, records = load_for_evaluation(checkpoint, manifest, split, device)
     unknown = sorted({r.label for r in records} - set(meta.labels))
     if unknown:
         raise DataError(f"labels {unknown} in {manifest} were not trained: {list(meta.labels)}")

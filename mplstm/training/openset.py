@@ -26,9 +26,8 @@ from mplstm.core.openset import (
     evaluate_open_set,
     make_protocol,
 )
-from mplstm.training.checkpoint import load_model
-from mplstm.training.data import ClipDataset, DataError, make_loader, read_data_spec
-from mplstm.training.evaluate import per_subset, view_subsets
+from mplstm.training.data import ClipDataset, make_loader
+from mplstm.training.evaluate import load_for_evaluation, per_subset, view_subsets
 from mplstm.training.plots import plot_roc
 
 
@@ -85,16 +84,7 @@ def evaluate_open_set_checkpoint(
 ) -> tuple[OpenSetReport, dict[str, Path]]:
     """Open-set evaluation of a checkpoint on the people of one split; writes the report."""
     device = torch.device(device)
-    model, meta = load_model(checkpoint, device)
-    spec = read_data_spec(manifest)
-    records = spec.split(split)
-    if not records:
-        raise DataError(f"{manifest} has no clip in split {split!r}")
-    missing = [name for name in meta.view_names if name not in spec.view_names]
-    if missing:
-        raise DataError(
-            f"the model reads views {list(meta.view_names)}, but {manifest} has no {missing}"
-        )
+    model, meta, records = load_for_evaluation(checkpoint, manifest, split, device)
     protocol = make_protocol(
         [r.id for r in records],
         [r.label for r in records],

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gallery_helpers import IDENTITY, IDENTITY_B, LIPREADING, new_database
+from gallery_helpers import IDENTITY, IDENTITY_B, LIPREADING, cluster_or_skip, new_database
 
-from bench.pg_cluster import Cluster, ClusterUnavailable, start_cluster
+from bench.pg_cluster import Cluster
 
 ENGINES = ("sqlite", "postgresql")
 
@@ -17,10 +17,7 @@ ENGINES = ("sqlite", "postgresql")
 @pytest.fixture(scope="session")
 def pg() -> Iterator[Cluster]:
     """One throwaway PostgreSQL cluster for the session (skips, saying why, where none starts)."""
-    try:
-        cluster = start_cluster()
-    except ClusterUnavailable as exc:
-        pytest.skip(f"no PostgreSQL cluster: {exc}")
+    cluster = cluster_or_skip()
     yield cluster
     cluster.remove()
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 
 import psycopg
+import pytest
 
-from bench.pg_cluster import Cluster
+from bench.pg_cluster import Cluster, ClusterUnavailable, start_cluster
 
 ADMIN_KEY, USER_KEY = "admin-key-0123", "user-key-4567"
 IDENTITY, IDENTITY_B, LIPREADING = "tiny-id", "tiny-id-b", "tiny-lip"
@@ -37,3 +38,11 @@ def new_database(cluster: Cluster) -> str:
     with psycopg.connect(cluster.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return cluster.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def cluster_or_skip() -> Cluster:
+    """A new throwaway PostgreSQL cluster; the test skips, saying why, where none starts."""
+    try:
+        return start_cluster()
+    except ClusterUnavailable as exc:
+        pytest.skip(f"no PostgreSQL cluster: {exc}")

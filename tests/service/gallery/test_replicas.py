@@ -8,11 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gallery_helpers import ADMIN_KEY, IDENTITY, auth, new_database, server_env
+from gallery_helpers import ADMIN_KEY, IDENTITY, auth, cluster_or_skip, new_database, server_env
 from live_server import Server
 from service_helpers import upload, write_clip
 
-from bench.pg_cluster import Cluster, ClusterUnavailable, start_cluster
+from bench.pg_cluster import Cluster
 
 # How long a test waits for something that should take about a second: a generous bound
 # for a loaded machine, not a measurement.
@@ -82,10 +82,7 @@ def test_two_replicas_see_each_others_enrolments_and_deletions(
 @pytest.fixture
 def own_cluster() -> Iterator[Cluster]:
     """A cluster of this test's own: it is stopped and started again."""
-    try:
-        cluster = start_cluster()
-    except ClusterUnavailable as exc:
-        pytest.skip(f"no PostgreSQL cluster: {exc}")
+    cluster = cluster_or_skip()
     yield cluster
     cluster.remove()
 
