@@ -27,7 +27,7 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 # A fixed numeric uid: Kubernetes' runAsNonRoot can check it without /etc/passwd.
 RUN groupadd --system --gid 10001 mplstm \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/mplstm --create-home mplstm \
-    && install -d -o 10001 -g 10001 /scores
+    && install -d -o 10001 -g 10001 /scores /data/gallery
 COPY deploy/healthcheck.py /usr/local/lib/mplstm/healthcheck.py
 # The demo packages (and their example clips, for `mplstm score` demos), read-only.
 COPY models/ /models/

@@ -20,6 +20,7 @@ def save_tiny_checkpoint(
     labels: tuple[str, ...] = TINY_LABELS,
     seed: int = 0,
     fps: float | None = None,
+    task: str = "lipreading",
     **config: Any,
 ) -> Path:
     """An untrained small model of `family` saved as a checkpoint (8 frames of 32x32 gray).
@@ -47,6 +48,6 @@ def save_tiny_checkpoint(
         view_names=views,
         view_yaws=YAWS.get(views),
         preprocess=PreprocessConfig(frames=8, height=32, width=32, channels=1, fps=fps),
-        task="lipreading",
+        task=task,
     )
     return save_checkpoint(path, model, meta)

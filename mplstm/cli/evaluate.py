@@ -11,7 +11,14 @@ checkpoint's own preprocessing, labels and views. Reports accuracy, top-5, per-c
 accuracy, the confusion matrix (PNG), and accuracy for every subset of the views
 (each single view, each pair, ..., all; the others masked as absent): the table that
 tells how many cameras a deployment needs. Writes evaluation.json, evaluation.md and
-confusion.png to --out (default: eval-SPLIT beside the checkpoint)."""
+confusion.png to --out (default: eval-SPLIT beside the checkpoint).
+
+With --open-set the split holds people never seen in training (mplstm synth
+--first-speaker): the first --gallery-people are enrolled from --enrol-clips clips each,
+their other clips and every clip of the others are probes. Reports rank-1
+identification, verification EER, TAR at FAR 1% and 0.1% with their thresholds, DIR and
+FPIR, for every subset of the views, and a ROC plot: open_set.json, open_set.md and
+roc.png in --out (default: open-set-SPLIT beside the checkpoint)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the view-subset table (2^V - 1 passes over the split)",
     )
+    parser.add_argument(
+        "--open-set",
+        action="store_true",
+        help="open-set identity: enrol the split's people, identify and verify their other clips",
+    )
+    parser.add_argument(
+        "--enrol-clips",
+        type=int,
+        default=2,
+        metavar="K",
+        help="--open-set: clips per person enrolled (2)",
+    )
+    parser.add_argument(
+        "--gallery-people",
+        type=int,
+        metavar="N",
+        help="--open-set: people enrolled (default: half); the rest are impostors",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -63,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CommandError("--batch-size must be >= 1")
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir(args.data))
+    if args.open_set:
+        return _open_set(args, cache_dir)
     try:
         report, paths = evaluate_checkpoint(
             args.checkpoint,
@@ -86,6 +113,58 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"  {row.views} view(s): mean {row.mean_accuracy:.1%}, best {row.best_accuracy:.1%} "
             f"({', '.join(row.best_views)})"
+        )
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _open_set(args: argparse.Namespace, cache_dir: Path | None) -> int:
+    """`evaluate --open-set`: print the all-views figures and the views-needed summary."""
+    from mplstm.cli import CommandError
+    from mplstm.core.manifest import ManifestError
+    from mplstm.core.openset import OpenSetError
+    from mplstm.training.checkpoint import CheckpointError
+    from mplstm.training.config import ConfigError
+    from mplstm.training.data import DataError
+    from mplstm.training.openset import evaluate_open_set_checkpoint
+    from mplstm.training.train import pick_device
+
+    try:
+        report, paths = evaluate_open_set_checkpoint(
+            args.checkpoint,
+            args.data,
+            args.split,
+            args.out,
+            enrol_clips=args.enrol_clips,
+            gallery_people=args.gallery_people,
+            batch_size=args.batch_size,
+            device=pick_device(args.device),
+            cache_dir=cache_dir,
+            all_subsets=not args.all_views_only,
+            progress=not args.no_progress,
+        )
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        ManifestError,
+        OpenSetError,
+        FileNotFoundError,
+    ) as exc:
+        raise CommandError(str(exc)) from exc
+    r = report.all_views
+    print(
+        f"{args.split}: {r.gallery_people} people enrolled, {r.impostor_people} impostors; "
+        f"all views: rank-1 {r.rank1:.1%}, EER {r.eer:.2%}, "
+        + ", ".join(
+            f"TAR {o.tar:.1%} at FAR {o.far:g} (threshold {o.threshold:.4f})" for o in r.operating
+        )
+    )
+    for n in sorted({len(v) for v in report.subsets}):
+        group = [res for v, res in report.subsets.items() if len(v) == n]
+        print(
+            f"  {n} view(s): mean rank-1 {sum(g.rank1 for g in group) / len(group):.1%}, "
+            f"best {max(g.rank1 for g in group):.1%}"
         )
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

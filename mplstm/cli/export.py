@@ -13,13 +13,15 @@ model.onnx (uint8 clips in, normalisation inside the graph, logits and probabili
 out; every MP-LSTM layer one mplstm::MPLSTM node with a portable function body),
 manifest.json (labels, views, preprocessing, I/O, parity, sha256 of every file) and a
 Triton config.pbtxt. The export is checked against PyTorch on other batch sizes and
-lengths, with masked views; no package is written when they disagree. --tensorrt also
-builds a TensorRT engine (GPU host with TensorRT). With --eval-data, the exported model
-is scored on held-out clips with all views and with every subset of them (the table the
-service answers `expected_accuracy` from). With --check PACKAGE: verify the hashes and
-compare the runtimes present (ONNX Runtime, fp16, TensorRT) in a table. With
---view-accuracy PACKAGE --eval-data MANIFEST: add the view-subset table to a package
-exported without it (its model.onnx on ONNX Runtime, CPU)."""
+lengths, with masked views; no package is written when they disagree. Identity models
+with an embedding head also output `embedding` [B, E], parity-checked the same way;
+--open-set-data sets their thresholds at FAR 1% and 0.1% on people never seen in
+training. --tensorrt also builds a TensorRT engine (GPU host with TensorRT). With
+--eval-data, the exported model is scored on held-out clips with all views and with every
+subset of them (the table the service answers `expected_accuracy` from). With --check
+PACKAGE: verify the hashes and compare the runtimes present (ONNX Runtime, fp16, TensorRT)
+in a table. With --view-accuracy PACKAGE --eval-data MANIFEST: add the view-subset table
+to a package exported without it (its model.onnx on ONNX Runtime, CPU)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +65,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score the exported model on this clip manifest and record the accuracy",
     )
     parser.add_argument("--eval-split", default="test", help="split of --eval-data (test)")
+    parser.add_argument(
+        "--open-set-data",
+        type=Path,
+        metavar="MANIFEST",
+        help="identity models with an embedding: set the thresholds at FAR 1%% and 0.1%% on "
+        "this manifest's people, never seen in training (mplstm synth --first-speaker)",
+    )
+    parser.add_argument("--open-set-split", default="test", help="split of --open-set-data (test)")
+    parser.add_argument(
+        "--enrol-clips", type=int, default=2, help="--open-set-data: clips enrolled per person (2)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -84,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--max-batch must be >= 1")
 
     from mplstm.core.manifest import ManifestError
-    from mplstm.export.package import ExportError, build_package
+    from mplstm.export.package import ExportError, OpenSetOptions, build_package
     from mplstm.training.checkpoint import CheckpointError
 
     if args.tensorrt:
@@ -112,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             eval_data=args.eval_data,
             eval_split=args.eval_split,
+            open_set=OpenSetOptions(args.open_set_data, args.open_set_split, args.enrol_clips)
+            if args.open_set_data
+            else None,
             log=print,
         )
         if args.tensorrt:

@@ -76,6 +76,14 @@ def _add_content_arguments(parser: argparse.ArgumentParser) -> None:
         help="clips per (speaker, word) pair (default 10)",
     )
     parser.add_argument("--seed", type=int, default=0, help="varies every clip (default 0)")
+    parser.add_argument(
+        "--generator",
+        type=int,
+        choices=(2, 3),
+        default=3,
+        help="how speakers look: 3 = continuous identity traits, every id a new person "
+        "(default); 2 = 20 discrete trait pairs, the data of the closed-set results",
+    )
 
 
 def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             fps=tuple(args.fps),
             max_offset=args.max_offset,
             split=args.split,
+            generator=args.generator,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc

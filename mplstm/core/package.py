@@ -30,6 +30,8 @@ ONNX_NAME = "model.onnx"
 ONNX_FP16_NAME = "model.fp16.onnx"
 STEP_ONNX_NAME = "model.step.onnx"  # live packages: one chunk of steps + state in and out
 TRITON_CONFIG_NAME = "config.pbtxt"
+# The output identity models add: an L2-normalised embedding [B, E] (DESIGN.md §3, §10).
+EMBEDDING_OUTPUT = "embedding"
 
 
 class PackageError(ValueError):
@@ -155,6 +157,10 @@ class PackageManifest:
     # Accuracy of every view subset on held-out clips (None: not measured).
     view_accuracy: ViewSubsetTable | None = None
     engines: tuple[EngineInfo, ...] = ()
+    # Identity models with an `embedding` output: its size, how people are matched, and
+    # thresholds at stated false-accept rates measured on people never seen in training
+    # (mplstm.core.openset; empty for models without an embedding).
+    open_set: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     format_version: int = FORMAT_VERSION
     created: str = ""
@@ -166,6 +172,16 @@ class PackageManifest:
     def live(self) -> bool:
         """Whether the package streams: a step model and fixed-rate sampling."""
         return self.step is not None and self.preprocess.fps is not None
+
+    @property
+    def embedding_size(self) -> int:
+        """E of the `embedding` output [B, E]; 0 when the model has none."""
+        spec = next((s for s in self.outputs if s.name == EMBEDDING_OUTPUT), None)
+        return int(spec.shape[-1]) if spec is not None else 0
+
+    def open_set_thresholds(self) -> dict[float, float]:
+        """False-accept rate -> cosine threshold, as measured at export (may be empty)."""
+        return {float(t["far"]): float(t["threshold"]) for t in self.open_set.get("thresholds", ())}
 
     @property
     def allows_missing_views(self) -> bool:
@@ -210,6 +226,7 @@ class PackageManifest:
             "parity": self.parity,
             "view_accuracy": None if self.view_accuracy is None else self.view_accuracy.to_dict(),
             "engines": [e.to_dict() for e in self.engines],
+            "open_set": self.open_set,
             "files": dict(sorted(self.files.items())),
             "created": self.created,
             "mplstm_version": self.mplstm_version,
@@ -243,6 +260,7 @@ class PackageManifest:
                 else None
             ),
             engines=tuple(EngineInfo.from_dict(e) for e in values.get("engines") or ()),
+            open_set=dict(values.get("open_set") or {}),
             files=dict(values["files"]),
             created=str(values.get("created", "")),
             mplstm_version=str(values.get("mplstm_version", "")),

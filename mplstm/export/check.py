@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from mplstm.core.package import (
+    EMBEDDING_OUTPUT,
     ONNX_FP16_NAME,
     ONNX_NAME,
     EngineInfo,
@@ -27,7 +28,7 @@ from mplstm.core.package import (
     read_package_manifest,
 )
 from mplstm.export.package import ParityCase, onnx_session, parity_cases, random_inputs
-from mplstm.inference.parity import TOLERANCES, Parity, compare
+from mplstm.inference.parity import TOLERANCES, Parity, compare, compare_embeddings
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,30 @@ def check_package(folder: str | Path) -> list[CheckRow]:
                 TOLERANCES["fp16"],
             )
         )
+        if manifest.embedding_size:
+            rows.append(_embedding_row(ONNX_FP16_NAME, session, fp16, inputs))
     rows.extend(_engine_row(package, e, inputs) for e in manifest.engines)
     return rows
+
+
+def _embedding_row(
+    item: str,
+    reference: ort.InferenceSession,
+    other: ort.InferenceSession,
+    inputs: list[tuple[ParityCase, np.ndarray, np.ndarray]],
+) -> CheckRow:
+    """The fp16 model's `embedding` output against model.onnx's on the same inputs."""
+
+    def run(session: ort.InferenceSession, clip: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return session.run([EMBEDDING_OUTPUT], {"clip": clip, "view_mask": mask})[0]
+
+    parity = compare_embeddings(
+        ((run(reference, c, m), run(other, c, m)) for _, c, m in inputs),
+        TOLERANCES["embedding-fp16"],
+    )
+    return CheckRow(
+        f"{item} {EMBEDDING_OUTPUT}", "ok" if parity.passed else "FAILED", parity.describe()
+    )
 
 
 def format_table(rows: list[CheckRow]) -> str:

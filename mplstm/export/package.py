@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from mplstm import __version__
-from mplstm.core.manifest import read_manifest
+from mplstm.core.manifest import ClipRecord, read_manifest
+from mplstm.core.openset import OpenSetError
 from mplstm.core.package import (
+    EMBEDDING_OUTPUT,
     MANIFEST_NAME,
     ONNX_FP16_NAME,
     ONNX_NAME,
@@ -43,6 +45,13 @@ from mplstm.core.package import (
 )
 from mplstm.core.preprocess import PreprocessConfig, load_clip
 from mplstm.core.view_subsets import ViewSubsetTable
+from mplstm.export.embedding import (
+    EmbeddingPackagedModel,
+    embedding_parity,
+    embedding_size,
+    embedding_spec,
+    open_set_section,
+)
 from mplstm.export.step_model import add_step_model, is_live
 from mplstm.export.torch_op import export_onnx
 from mplstm.inference.backend import shape_groups
@@ -162,6 +171,7 @@ def check_parity(
 
 def triton_config(manifest: PackageManifest, num_classes: int) -> str:
     """A Triton `config.pbtxt` (onnxruntime platform, dynamic batching) for the package."""
+    outputs = tuple(spec.name for spec in manifest.outputs)
     pre = manifest.preprocess
     time_dim = -1 if manifest.frames_range[0] != manifest.frames_range[1] else pre.frames
     dims = {
@@ -172,6 +182,7 @@ def triton_config(manifest: PackageManifest, num_classes: int) -> str:
         "view_mask": ("TYPE_BOOL", [len(manifest.view_names)]),
         "logits": ("TYPE_FP32", [num_classes]),
         "probabilities": ("TYPE_FP32", [num_classes]),
+        EMBEDDING_OUTPUT: ("TYPE_FP32", [manifest.embedding_size]),
     }
 
     def block(names: tuple[str, ...]) -> str:
@@ -185,14 +196,14 @@ def triton_config(manifest: PackageManifest, num_classes: int) -> str:
         'platform: "onnxruntime_onnx"\n'
         f"max_batch_size: {manifest.max_batch}\n"
         f"input [\n{block(INPUT_NAMES)}\n]\n"
-        f"output [\n{block(OUTPUT_NAMES)}\n]\n"
+        f"output [\n{block(outputs)}\n]\n"
         "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
         "version_policy: { latest: { num_versions: 1 } }\n"
     )
 
 
 def _io_specs(
-    meta: CheckpointMeta, num_classes: int, dynamic_time: bool
+    meta: CheckpointMeta, num_classes: int, dynamic_time: bool, embedding: int = 0
 ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     pre = meta.preprocess
     time: int | str = "time" if dynamic_time else pre.frames
@@ -202,7 +213,7 @@ def _io_specs(
         TensorSpec("view_mask", "bool", ("batch", views)),
     )
     outputs = tuple(TensorSpec(n, "float32", ("batch", num_classes)) for n in OUTPUT_NAMES)
-    return inputs, outputs
+    return inputs, outputs + ((embedding_spec(embedding),) if embedding else ())
 
 
 def export_model_onnx(
@@ -228,16 +239,48 @@ def export_model_onnx(
     clip_dims: dict[int, Any] = {0: batch}
     if getattr(model, "dynamic_time", True):
         clip_dims[2] = torch.export.Dim("time", min=frames_range[0], max=frames_range[1])
+    embeds = embedding_size(model) > 0
     proto = export_onnx(
-        PackagedModel(model).eval(),
+        (EmbeddingPackagedModel if embeds else PackagedModel)(model).eval(),
         (torch.from_numpy(clip), torch.from_numpy(mask)),
         input_names=INPUT_NAMES,
-        output_names=OUTPUT_NAMES,
+        output_names=(*OUTPUT_NAMES, EMBEDDING_OUTPUT) if embeds else OUTPUT_NAMES,
         dynamic_shapes={"clip": clip_dims, "view_mask": {0: batch}},
     )
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, path)
     return proto
+
+
+def onnx_batches(
+    session: ort.InferenceSession,
+    records: list[ClipRecord],
+    config: PreprocessConfig,
+    names: list[str],
+    batch_size: int = 16,
+) -> Iterator[tuple[list[ClipRecord], list[np.ndarray]]]:
+    """(records, outputs `names`) batch by batch, each clip decoded by `core` as served.
+
+    A batch holds clips of one length (a live model's clips differ in T), so the records
+    come in an order of their own: use the records yielded beside each output.
+    """
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        clips = [load_clip(dict(r.views), config) for r in chunk]
+        for group in shape_groups([c.frames for c in clips]):
+            feeds = {
+                "clip": np.stack([clips[i].frames for i in group]),
+                "view_mask": np.stack([clips[i].view_mask for i in group]),
+            }
+            yield [chunk[i] for i in group], session.run(names, feeds)
+
+
+def split_records(data: str | Path, split: str) -> list[ClipRecord]:
+    """The clips of one split of a manifest; ExportError when there are none."""
+    records = [r for r in read_manifest(data) if r.split == split]
+    if not records:
+        raise ExportError(f"{data} has no clips in split {split!r}")
+    return records
 
 
 def evaluate_onnx(
@@ -249,31 +292,17 @@ def evaluate_onnx(
     batch_size: int = 16,
 ) -> dict[str, Any]:
     """Accuracy of an exported model on a manifest split, clips decoded by `core` as served."""
-    records = [r for r in read_manifest(data) if r.split == split]
-    if not records:
-        raise ExportError(f"{data} has no clips in split {split!r}")
+    records = split_records(data, split)
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted({r.label for r in records} - set(index))
     if unknown:
         raise ExportError(f"{data}: labels {unknown} are not among the model's labels")
-    session = onnx_session(onnx_path)
     correct = 0
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        clips = [load_clip(dict(r.views), config) for r in chunk]
-        # One run per clip length: a live model's clips differ in T.
-        for group in shape_groups([c.frames for c in clips]):
-            logits = session.run(
-                ["logits"],
-                {
-                    "clip": np.stack([clips[i].frames for i in group]),
-                    "view_mask": np.stack([clips[i].view_mask for i in group]),
-                },
-            )[0]
-            correct += sum(
-                int(p == index[chunk[i].label])
-                for p, i in zip(logits.argmax(-1), group, strict=True)
-            )
+    batches = onnx_batches(onnx_session(onnx_path), records, config, ["logits"], batch_size)
+    for chunk, (logits,) in batches:
+        correct += sum(
+            int(p == index[r.label]) for p, r in zip(logits.argmax(-1), chunk, strict=True)
+        )
     return {
         "data": Path(data).as_posix(),
         "split": split,
@@ -281,6 +310,52 @@ def evaluate_onnx(
         "correct": correct,
         "accuracy": correct / len(records),
     }
+
+
+def _open_set(
+    onnx_path: Path, meta: CheckpointMeta, size: int, options: OpenSetOptions | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """The manifest's `open_set` of a model with an embedding ({} without one)."""
+    if not size:
+        return {}
+    if options is None:
+        log("no --open-set-data: the package has no open-set thresholds")
+        return open_set_section(size, None)
+    log(f"setting open-set thresholds on the people of {options.data} ({options.split})")
+    records = split_records(options.data, options.split)
+    seen = sorted({r.label for r in records} & set(meta.labels))
+    if seen:
+        raise ExportError(
+            f"{options.data}: {seen[:5]} were trained on; thresholds need people never seen "
+            "in training"
+        )
+    batches = list(
+        onnx_batches(onnx_session(onnx_path), records, meta.preprocess, [EMBEDDING_OUTPUT])
+    )
+    records = [r for chunk, _ in batches for r in chunk]
+    embeddings = np.concatenate([out for _, (out,) in batches])
+    try:
+        section = open_set_section(
+            size, (records, embeddings), data=options.data, split=options.split,
+            enrol_clips=options.enrol_clips,
+        )  # fmt: skip
+    except OpenSetError as exc:
+        raise ExportError(str(exc)) from exc
+    ev = section["evaluation"]
+    log(
+        f"open set: rank-1 {ev['rank1']:.1%}, EER {ev['eer']:.2%}; thresholds {section['thresholds']}"
+    )
+    return section
+
+
+@dataclass(frozen=True)
+class OpenSetOptions:
+    """Where export measures an identity model's open-set thresholds."""
+
+    data: str | Path  # a manifest of people never seen in training
+    split: str = "test"
+    enrol_clips: int = 2
 
 
 def build_package(
@@ -295,6 +370,7 @@ def build_package(
     tolerance: float = DEFAULT_TOLERANCE,
     eval_data: str | Path | None = None,
     eval_split: str = "test",
+    open_set: OpenSetOptions | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> ModelPackage:
     """Export `checkpoint` into the package folder `out` (models/NAME/VERSION).
@@ -342,6 +418,7 @@ def build_package(
         )
         manifest.view_accuracy = view_accuracy
         manifest.step = None if step is None else step[0]
+        manifest.open_set = _open_set(tmp / ONNX_NAME, meta, embedding_size(model), open_set, log)
         _write_package_files(tmp, manifest, num_classes, fp16=fp16, log=log)
         if out.exists():
             out.rmdir()  # an empty folder only: a non-empty one raises, nothing is lost
@@ -409,6 +486,15 @@ def _export_with_parity(
             f"(tolerance {tolerance:g}), argmax equal: {parity['argmax_equal']}; "
             "no package written"
         )
+    if embedding_size(model):
+        cases = parity_cases(frames, tuple(frames_range))
+        inputs = [random_inputs(c, *shape, seed=i) for i, c in enumerate(cases)]
+        parity["embedding"] = embedding_parity(model, onnx_session(onnx_path), inputs)
+        if not parity["embedding"]["passed"]:
+            raise ExportError(
+                f"parity check failed: max |embedding diff| "
+                f"{parity['embedding']['max_abs_diff']:.3g}; no package written"
+            )
     return parity
 
 
@@ -517,7 +603,9 @@ def _package_manifest(
     evaluation: dict[str, Any] | None,
 ) -> PackageManifest:
     """The package's manifest (file hashes are added when it is written)."""
-    inputs, outputs = _io_specs(meta, len(meta.labels), dynamic_time)
+    inputs, outputs = _io_specs(
+        meta, len(meta.labels), dynamic_time, int(getattr(config, "embedding_size", 0) or 0)
+    )
     return PackageManifest(
         name=name,
         version=version,

@@ -21,6 +21,7 @@ class InferenceOutput:
 
     logits: np.ndarray  # float32 [B, classes]
     probabilities: np.ndarray  # float32 [B, classes]
+    embedding: np.ndarray | None = None  # float32 [B, E], identity models with an embedding
 
 
 class Backend(Protocol):

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from mplstm.core.cpus import quota_cpus, usable_cpus
-from mplstm.core.package import ONNX_NAME, ModelPackage
+from mplstm.core.package import EMBEDDING_OUTPUT, ONNX_NAME, ModelPackage
 from mplstm.inference.backend import BackendUnavailableError, InferenceOutput
 from mplstm.inference.options import BackendOptions
 
@@ -92,8 +92,8 @@ class OnnxRuntimeBackend:
 
     def infer(self, clip: np.ndarray, view_mask: np.ndarray) -> InferenceOutput:
         feeds = dict(zip(self._inputs, (clip, view_mask), strict=True))
-        logits, probabilities = self._session.run(self._outputs, feeds)
-        return InferenceOutput(logits, probabilities)
+        out = dict(zip(self._outputs, self._session.run(self._outputs, feeds), strict=True))
+        return InferenceOutput(out["logits"], out["probabilities"], out.get(EMBEDDING_OUTPUT))
 
     def close(self) -> None:
         del self._session

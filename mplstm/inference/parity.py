@@ -36,6 +36,12 @@ TOLERANCES: dict[str, float] = {
     # The GPU sums in another order than the CPU layer; the interpreter holds 1e-5.
     "plugin-fp32": 1e-4,
     "plugin-fp16": 5e-3,
+    # The `embedding` output of identity models (unit vectors, DESIGN.md §3), against the
+    # same reference as the logits; its values are ~30x smaller than the logits' (scale s).
+    "embedding-fp32": 1e-4,
+    "embedding-fp16": 1e-2,
+    "embedding-tensorrt-fp32": 1e-3,
+    "embedding-tensorrt-fp16": 1e-2,
 }
 
 
@@ -84,3 +90,42 @@ def compare(pairs: Iterable[tuple[np.ndarray, np.ndarray]], tolerance: float) ->
         flips += int((clear & ~same).sum())
         samples += len(expected)
     return Parity(tolerance, samples, worst, agree / samples if samples else 1.0, flips)
+
+
+@dataclass(frozen=True)
+class EmbeddingParity:
+    """How far one runtime's unit embeddings are from the reference's."""
+
+    tolerance: float
+    samples: int
+    max_abs_diff: float
+    min_cosine: float  # the least cosine between a sample's two embeddings
+
+    @property
+    def passed(self) -> bool:
+        """Every component within the tolerance."""
+        return self.max_abs_diff <= self.tolerance
+
+    def describe(self) -> str:
+        """One line for a table or a log."""
+        return (
+            f"embedding: max |diff| {self.max_abs_diff:.2g} (tolerance {self.tolerance:g}), "
+            f"least cosine {self.min_cosine:.6f} over {self.samples} samples"
+        )
+
+
+def compare_embeddings(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]], tolerance: float
+) -> EmbeddingParity:
+    """Compare (reference, other) embedding batches [B, E] with `tolerance`."""
+    worst, least, samples = 0.0, 1.0, 0
+    for expected, got in pairs:
+        expected = np.asarray(expected, np.float32)
+        got = np.asarray(got, np.float32)
+        if expected.shape != got.shape:
+            raise ValueError(f"embeddings of shape {got.shape} against {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max(initial=0.0)))
+        if len(expected):
+            least = min(least, float((expected * got).sum(-1).min()))
+        samples += len(expected)
+    return EmbeddingParity(tolerance, samples, worst, least)

@@ -65,6 +65,7 @@ class Scored:
     batch_size: int  # clips in that batch
     error: Exception | None = None
     views_dropped: tuple[ViewFailure, ...] = ()  # failed their camera check, masked
+    embedding: np.ndarray | None = None  # float32 [E], models with an embedding output
 
     @property
     def views_used(self) -> tuple[str, ...]:
@@ -103,35 +104,37 @@ def decode(
 def infer_decoded(decoded: Sequence[Decoded], backend: Backend) -> list[Scored]:
     """Infer the clips that decoded as one batch; the others keep their errors."""
     good = [d for d in decoded if d.error is None]
-    probabilities: np.ndarray | None = None
+    probabilities: list[np.ndarray | None] = [None] * len(good)
+    embeddings: list[np.ndarray | None] = [None] * len(good)
     seconds = 0.0
     if good:
         start = time.perf_counter()
-        probabilities = np.empty((len(good), 0), np.float32)
         # One run per clip length (live packages sample at a fixed rate: T varies).
         for group in shape_groups([d.frames for d in good]):
             output = backend.infer(
                 np.stack([good[i].frames for i in group]),
                 np.stack([good[i].view_mask for i in group]),
             )
-            if probabilities.shape[1] == 0:
-                probabilities = np.empty((len(good), output.probabilities.shape[1]), np.float32)
-            probabilities[group] = output.probabilities
+            for row, i in enumerate(group):
+                probabilities[i] = output.probabilities[row]
+                if output.embedding is not None:
+                    embeddings[i] = output.embedding[row]
         seconds = time.perf_counter() - start
     rows = iter(range(len(good)))
     out = []
     for d in decoded:
-        probs = None if d.error is not None else probabilities[next(rows)]  # type: ignore[index]
+        row = None if d.error is not None else next(rows)
         out.append(
             Scored(
                 d.view_names,
                 d.view_mask,
-                probs,
+                None if row is None else probabilities[row],
                 d.decode_s,
                 seconds,
                 len(good),
                 d.error,
                 d.views_dropped,
+                None if row is None else embeddings[row],
             )
         )
     return out

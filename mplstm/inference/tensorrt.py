@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mplstm.core.package import EngineInfo, ModelPackage, PackageError
+from mplstm.core.package import EMBEDDING_OUTPUT, EngineInfo, ModelPackage, PackageError
 from mplstm.inference.backend import BackendUnavailableError, InferenceOutput
 from mplstm.inference.options import BackendOptions
 
@@ -264,9 +264,11 @@ class TensorRTBackend:
 
     def infer(self, clip: np.ndarray, view_mask: np.ndarray) -> InferenceOutput:
         out = self._runner(dict(zip(self._inputs, (clip, view_mask), strict=True)))
+        embedding = out.get(EMBEDDING_OUTPUT)
         return InferenceOutput(
             out["logits"].astype(np.float32, copy=False),
             out["probabilities"].astype(np.float32, copy=False),
+            None if embedding is None else embedding.astype(np.float32, copy=False),
         )
 
     def close(self) -> None:

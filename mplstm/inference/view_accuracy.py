@@ -26,6 +26,7 @@ from mplstm.core.package import (
 )
 from mplstm.core.preprocess import PreprocessConfig, load_clip
 from mplstm.core.view_subsets import SubsetAccuracy, ViewSubsetTable, view_subsets
+from mplstm.inference.backend import shape_groups
 from mplstm.inference.options import BackendChoice, BackendOptions
 
 # (uint8 clips [B, V, T, C, H, W], bool view masks [B, V]) -> scores [B, classes]
@@ -71,10 +72,7 @@ def measure_view_accuracy(
         chunk = records[start : start + batch_size]
         clips = [load_clip({n: r.views[n] for n in names}, config) for r in chunk]
         # A live model samples at a fixed rate, so its clips differ in length: one batch per length.
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, clip in enumerate(clips):
-            by_shape.setdefault(clip.frames.shape, []).append(i)
-        for members in by_shape.values():
+        for members in shape_groups([c.frames for c in clips]):
             frames = np.stack([clips[i].frames for i in members])
             truth = np.array([index[chunk[i].label] for i in members])
             correct += _correct_per_subset(infer, frames, truth, subsets)

@@ -23,6 +23,8 @@ from mplstm.service.bodies import BodyBudget, client_disconnected
 from mplstm.service.connections import GUARD_KEY, ConnectionGuard, HttpMetrics
 from mplstm.service.dataplane import DataPlane
 from mplstm.service.errors import ClientDisconnectedError, install_error_handlers
+from mplstm.service.gallery.gallery import open_gallery
+from mplstm.service.gallery.routes import install as install_gallery
 from mplstm.service.grpc_server import GrpcServer
 from mplstm.service.limits import BodyLimitMiddleware
 from mplstm.service.logs import RequestIdMiddleware, configure_logging
@@ -40,7 +42,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     """The service app for `settings`; models load when the app starts (lifespan)."""
     configure_logging(settings.log_format, settings.log_level)
-    api_keys = settings.load_api_keys()
+    admin_keys = settings.load_admin_keys()
+    api_keys = settings.load_api_keys() | admin_keys  # an admin key may do everything
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -67,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
             await workers.close()
             raise
         await repository.load_all()
+        await open_gallery(app.state.gallery, repository.models(), metrics.registry)
         await grpc_server.readiness_changed(repository.ready)
         # What start-up loaded lives as long as the process: frozen out of the cyclic
         # GC's sight, full collections stop walking it; they had paused every request in
@@ -82,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
             await grpc_server.stop()
             log.info("shutting down: draining batchers")
             await repository.close()
+            await app.state.gallery.close()
             await workers.close()
             log.info("shut down")
 
@@ -93,12 +98,14 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.api_keys = api_keys
+    app.state.admin_keys = admin_keys
     install_error_handlers(app)
     for disconnect in (ClientDisconnectedError, ClientDisconnect):
         app.add_exception_handler(disconnect, client_disconnected)
     app.include_router(open_router)
     app.include_router(router)
     app.include_router(stream_router)  # live sessions (WebSocket): docs/streaming.md
+    install_gallery(app, settings.gallery_url)
     # Outermost last: request ids wrap everything, the body limit wraps the routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestIdMiddleware)

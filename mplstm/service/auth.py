@@ -14,7 +14,7 @@ import logging
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
-from mplstm.service.errors import UnauthorizedError
+from mplstm.service.errors import ForbiddenError, UnauthorizedError
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +58,24 @@ async def require_api_key(request: Request) -> None:
     keys: frozenset[str] = request.app.state.api_keys
     if keys:
         check_api_key(presented_key(request), keys)
+
+
+async def require_admin_key(request: Request) -> None:
+    """FastAPI dependency: 401/403 unless auth is off or the key has the admin scope
+    (`MPLSTM_ADMIN_API_KEYS`): enrolment in and deletion from a gallery."""
+    admin: frozenset[str] = request.app.state.admin_keys
+    if not request.app.state.api_keys:
+        return
+    given = presented_key(request)
+    if given is None:
+        raise UnauthorizedError(
+            "this route needs an admin API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"
+        )
+    if keys_match(given, admin):
+        return
+    if keys_match(given, request.app.state.api_keys):
+        raise ForbiddenError(
+            "this key may identify and verify, not enrol or delete: use a key listed in "
+            "MPLSTM_ADMIN_API_KEYS"
+        )
+    raise UnauthorizedError("the API key is not valid")

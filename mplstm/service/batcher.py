@@ -55,6 +55,7 @@ class BatchResult:
     queue_s: float  # enqueued -> its batch started
     inference_s: float  # its batch's inference time
     batch_size: int  # clips in the batch it ran in
+    embedding: np.ndarray | None = None  # float32 [n, E], models with an embedding output
 
 
 @dataclass(eq=False)
@@ -271,6 +272,7 @@ class DynamicBatcher:
                         queue_s=start - item.enqueued,
                         inference_s=inference_s,
                         batch_size=rows,
+                        embedding=None if output.embedding is None else output.embedding[part],
                     )
                 )
 

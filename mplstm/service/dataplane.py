@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mplstm import __version__
+from mplstm.core.package import EMBEDDING_OUTPUT
 from mplstm.service.errors import BadParameterError
 from mplstm.service.pipeline import Services, counted, infer_tensors
 from mplstm.service.repository import LoadedModel, ModelState
@@ -162,6 +163,8 @@ class DataPlane:
             queue_timeout_s=policy.queue_timeout_s,
         )
         outputs = {"logits": result.logits, "probabilities": result.probabilities}
+        if result.embedding is not None:
+            outputs[EMBEDDING_OUTPUT] = result.embedding
         return TensorResult(model.name, model.version, request.id, {n: outputs[n] for n in names})
 
     # -- the repository -------------------------------------------------------------------

@@ -162,6 +162,12 @@ class UnauthorizedError(ApiError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+class ForbiddenError(ApiError):
+    """A valid key without the scope the route needs (admin: gallery enrolment, deletion)."""
+
+    code, status = "forbidden", 403
+
+
 def error_body(code: str, detail: str) -> dict[str, str]:
     """The JSON every error answer carries."""
     return {"error": code, "detail": detail}

@@ -73,14 +73,24 @@ def counted(services: Services, model: str, route: str, protocol: str = "http") 
 
 
 @dataclass(frozen=True)
-class _Scored:
-    """One clip's probabilities, the views it used and dropped, and each stage's seconds."""
+class ScoredClip:
+    """One clip's probabilities (and embedding), the views it used and dropped, and each
+    stage's seconds."""
 
     view_names: tuple[str, ...]
     view_mask: np.ndarray
     probabilities: np.ndarray
     seconds: dict[str, float]
-    views_dropped: tuple[ViewFailure, ...]
+    views_dropped: tuple[ViewFailure, ...] = ()
+    embedding: np.ndarray | None = None  # models with an embedding output
+
+    @property
+    def views_used(self) -> list[str]:
+        """The views sent and used, in model order."""
+        return [n for n, used in zip(self.view_names, self.view_mask, strict=True) if used]
+
+    def timings_ms(self) -> Timings:
+        return Timings(**{k: round(v * 1000, 3) for k, v in self.seconds.items()})
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,33 @@ class CameraPolicy:
 
     checks: bool = True
     min_expected_accuracy: float | None = None
+
+
+async def score_views(
+    model: LoadedModel,
+    views: Mapping[str, BinaryIO],
+    *,
+    workers: VideoWorkers,
+    metrics: ServiceMetrics,
+    timeout_s: float,
+    cameras: CameraPolicy = CameraPolicy(),
+) -> ScoredClip:
+    """Uploaded views of one clip, camera-checked, decoded and inferred where the model's
+    placement says: the one video path of predict and of the gallery's enrol, identify and
+    verify."""
+    config = cameras_checked(model.preprocess, cameras.checks)
+    try:
+        if model.worker_queue is not None:
+            scored = await _in_workers(model.worker_queue, views, config, timeout_s)
+        else:
+            scored = await _through_batcher(model, views, config, workers, timeout_s)
+    except CameraFailedError as exc:
+        count_checked(metrics, model.name, exc.failures)
+        raise
+    if cameras.checks:
+        count_checked(metrics, model.name, scored.views_dropped)
+    metrics.observe_stages(model.name, scored.seconds)
+    return scored
 
 
 async def predict_views(
@@ -103,30 +140,24 @@ async def predict_views(
     cameras: CameraPolicy = CameraPolicy(),
 ) -> PredictResponse:
     """Uploaded views of one clip -> the model's top-k predictions, with per-stage timings."""
-    config = cameras_checked(model.preprocess, cameras.checks)
-    try:
-        if model.worker_queue is not None:
-            scored = await _in_workers(model.worker_queue, views, config, timeout_s)
-        else:
-            scored = await _through_batcher(model, views, config, workers, timeout_s)
-    except CameraFailedError as exc:
-        count_checked(metrics, model.name, exc.failures)
-        raise
-    if cameras.checks:
-        count_checked(metrics, model.name, scored.views_dropped)
-    metrics.observe_stages(model.name, scored.seconds)
-    used = [n for n, present in zip(scored.view_names, scored.view_mask, strict=True) if present]
+    scored = await score_views(
+        model, views, workers=workers, metrics=metrics, timeout_s=timeout_s, cameras=cameras
+    )
     expected = expected_accuracy(
-        model.name, model.manifest, used, scored.views_dropped, cameras.min_expected_accuracy
+        model.name,
+        model.manifest,
+        scored.views_used,
+        scored.views_dropped,
+        cameras.min_expected_accuracy,
     )
     return PredictResponse(
         model=ModelRef(name=model.name, version=model.version),
         task=model.manifest.task,
         predictions=top_predictions(scored.probabilities, model.manifest.labels, top_k),
-        views_used=used,
+        views_used=scored.views_used,
         views_dropped=dropped_views(scored.views_dropped),
         expected_accuracy=expected,
-        timings_ms=Timings(**{k: round(v * 1000, 3) for k, v in scored.seconds.items()}),
+        timings_ms=scored.timings_ms(),
         request_id=request_id,
     )
 
@@ -136,7 +167,7 @@ async def _in_workers(
     views: Mapping[str, BinaryIO],
     config: PreprocessConfig,
     timeout_s: float,
-) -> _Scored:
+) -> ScoredClip:
     start = time.perf_counter()
     done = await queue.predict(views, config, timeout_s=timeout_s)
     total = time.perf_counter() - start
@@ -149,7 +180,14 @@ async def _in_workers(
         "total": total,
     }
     assert done.view_mask is not None and done.probabilities is not None  # no error
-    return _Scored(done.view_names, done.view_mask, done.probabilities, seconds, done.views_dropped)
+    return ScoredClip(
+        done.view_names,
+        done.view_mask,
+        done.probabilities,
+        seconds,
+        done.views_dropped,
+        done.embedding,
+    )
 
 
 async def _through_batcher(
@@ -158,7 +196,7 @@ async def _through_batcher(
     config: PreprocessConfig,
     workers: VideoWorkers,
     timeout_s: float,
-) -> _Scored:
+) -> ScoredClip:
     start = time.perf_counter()
     try:
         decoded = await asyncio.wait_for(workers.decode(views, config), timeout_s)
@@ -177,8 +215,14 @@ async def _through_batcher(
         "inference": result.inference_s,
         "total": time.perf_counter() - start,
     }
-    return _Scored(
-        decoded.view_names, view_mask, result.probabilities[0], seconds, decoded.views_dropped
+    embedding = None if result.embedding is None else result.embedding[0]
+    return ScoredClip(
+        decoded.view_names,
+        view_mask,
+        result.probabilities[0],
+        seconds,
+        decoded.views_dropped,
+        embedding,
     )
 
 

@@ -21,6 +21,8 @@ from mplstm.inference.settings import (
     SettingsError,
     load_settings_of,
 )
+from mplstm.service.gallery.store import DEFAULT_URL as GALLERY_URL
+from mplstm.service.gallery.store import SCHEMES as GALLERY_SCHEMES
 from mplstm.service.stream_settings import StreamSettings
 
 __all__ = ["ENV_PREFIX", "LogFormat", "Settings", "SettingsError", "load_settings"]
@@ -66,6 +68,15 @@ class Settings(StreamSettings, InferenceSettings):
     # Comma-separated keys, and/or a file with one key per line; none: auth is off.
     api_keys: str = Field("", repr=False)
     api_key_file: Path | None = None
+    # Keys with the admin scope (comma-separated): enrol in and delete from a gallery, and
+    # everything a normal key may do.
+    admin_api_keys: str = Field("", repr=False)
+    # The identity gallery's database: sqlite:///PATH (a file, the default) or
+    # postgresql://USER:PASSWORD@HOST:PORT/DB for several replicas (mplstm.service.gallery).
+    gallery_url: str = Field(GALLERY_URL, repr=False)
+    # False-accept rate whose threshold (from the package) identify and verify apply
+    # unless a request asks for another; it must be one the package lists.
+    identity_far: float = Field(0.01, gt=0, lt=1)
     log_format: LogFormat = LogFormat.TEXT
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     host: str = "127.0.0.1"
@@ -141,6 +152,10 @@ class Settings(StreamSettings, InferenceSettings):
             keys |= in_file
         return frozenset(keys)
 
+    def load_admin_keys(self) -> frozenset[str]:
+        """Keys with the admin scope, from `MPLSTM_ADMIN_API_KEYS`."""
+        return frozenset(k.strip() for k in self.admin_api_keys.split(",") if k.strip())
+
     def check(self) -> None:
         super().check()
         self.load_api_keys()
@@ -148,6 +163,11 @@ class Settings(StreamSettings, InferenceSettings):
             raise SettingsError(
                 f"{ENV_PREFIX}DEFAULT_PRIORITY_LEVEL {self.default_priority_level} is above "
                 f"{ENV_PREFIX}PRIORITY_LEVELS {self.priority_levels}"
+            )
+        if not self.gallery_url.startswith(GALLERY_SCHEMES):
+            raise SettingsError(
+                f"{ENV_PREFIX}GALLERY_URL: use sqlite:///PATH or postgresql://USER:PASSWORD@"
+                f"HOST:PORT/DB, got {self.gallery_url.split(':', 1)[0]}:..."
             )
 
 

@@ -34,8 +34,11 @@ class Upload:
         await self.form.close()
 
 
-async def read_upload(request: Request, max_parts: int) -> Upload:
-    """Parse a multipart predict request; 415 if not multipart, 413 past `max_parts`."""
+async def read_upload(
+    request: Request, max_parts: int, option_fields: tuple[str, ...] = OPTION_FIELDS
+) -> Upload:
+    """Parse a multipart request of views and `option_fields`; 415 if not multipart, 413
+    past `max_parts`."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedMediaTypeError(
@@ -56,13 +59,13 @@ async def read_upload(request: Request, max_parts: int) -> Upload:
     for name, value in form.multi_items():
         if isinstance(value, UploadFile):
             files.append((name, value.file))
-        elif name in OPTION_FIELDS:
+        elif name in option_fields:
             options[name] = value
         else:
             await form.close()
             raise ViewNamesError(
                 f"part {name!r} is a text field; send each view as a file part "
-                f"(curl -F '{name}=@clip.mp4'); option fields are {list(OPTION_FIELDS)}"
+                f"(curl -F '{name}=@clip.mp4'); option fields are {list(option_fields)}"
             )
     try:
         if len(files) + len(options) > max_parts:

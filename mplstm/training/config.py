@@ -63,6 +63,13 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to lr * min_lr_ratio
     min_lr_ratio: float = 0.01
     label_smoothing: float = 0.1
+    # "cross_entropy", or a margin loss on the cosine classifier of a model with an
+    # embedding (model.embedding_size > 0): "cosface" (cosine - margin) or "arcface"
+    # (angle + margin); open-set identity (mplstm.training.losses, docs/results.md).
+    loss: str = "cross_entropy"
+    margin: float = 0.2
+    # With a margin loss: weight of plain cross-entropy on the unmargined logits beside it.
+    softmax_weight: float = 0.0
     grad_clip: float = 5.0  # max gradient norm; 0 turns clipping off
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
     seed: int = 0
@@ -70,6 +77,10 @@ class TrainConfig:
     # Epochs trained on every view before the model's view_dropout starts: dropped views
     # from the first step kept a 5-view model on the frontal cue alone (docs/results.md).
     view_dropout_start_epoch: int = 0
+    # A checkpoint whose per-frame front-end (frontend.*) a new run starts from, as the
+    # paper starts from a pretrained face CNN: e.g. a single-view model of the same people,
+    # which learns the per-view traits several times faster (docs/results.md). "": none.
+    init_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,8 @@ def check_train_config(config: TrainConfig) -> None:
     so that a resumed run is judged by its saved config)."""
     if config.epochs < 1 or config.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size must be >= 1")
+    if config.margin < 0 or config.softmax_weight < 0:
+        raise ConfigError("train.margin and train.softmax_weight must be >= 0")
     if config.view_dropout_start_epoch < 0:
         raise ConfigError(
             f"train.view_dropout_start_epoch must be >= 0, got {config.view_dropout_start_epoch}"

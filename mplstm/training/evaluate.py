@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mplstm.core.manifest import ClipRecord
 from mplstm.core.view_subsets import view_subsets
-from mplstm.training.checkpoint import load_model
+from mplstm.training.checkpoint import CheckpointMeta, load_model
 from mplstm.training.data import ClipDataset, DataError, make_loader, read_data_spec
 from mplstm.training.plots import plot_confusion
 
@@ -80,13 +81,39 @@ def predict(
     Views outside a subset are masked as absent; a clip left with no view gets -inf logits
     (counted wrong).
     """
+    return per_subset(
+        model,
+        loader,
+        device,
+        lambda frames, mask, lengths: model(frames, mask, lengths),
+        subsets,
+        progress,
+        -math.inf,
+    )
+
+
+@torch.no_grad()
+def per_subset(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    subsets: Sequence[tuple[int, ...]] | None = None,
+    progress: bool = False,
+    fill: float = math.nan,
+) -> tuple[dict[tuple[int, ...], np.ndarray], np.ndarray]:
+    """`run(frames, view_mask, lengths)` rows [N, ...] per view subset (default: all views), and labels.
+
+    Views outside a subset are masked as absent; a clip left with no view gets `fill`.
+    """
     model.eval()
     num_views = model.config.num_views
     subsets = list(subsets) if subsets is not None else [tuple(range(num_views))]
     keep = {s: torch.zeros(num_views, dtype=torch.bool, device=device) for s in subsets}
     for s in subsets:
         keep[s][list(s)] = True
-    logits: dict[tuple[int, ...], list[torch.Tensor]] = {s: [] for s in subsets}
+    # Per subset, each batch's rows; None for a batch where no clip has a view of the subset.
+    outputs: dict[tuple[int, ...], list[tuple[int, torch.Tensor | None]]] = {s: [] for s in subsets}
     labels = []
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
         batch = batch.to(device)
@@ -94,15 +121,26 @@ def predict(
         for s in subsets:
             mask = batch.view_mask & keep[s]
             usable = mask.any(dim=1)
-            out = torch.full((len(batch), model.config.num_classes), -math.inf, device=device)
+            out = None
             if usable.any():
                 lengths = None if batch.lengths is None else batch.lengths[usable]
-                out[usable] = model(batch.frames[usable], mask[usable], lengths).float()
-            logits[s].append(out.cpu())
+                rows = run(batch.frames[usable], mask[usable], lengths).float()
+                out = torch.full((len(batch), *rows.shape[1:]), fill, device=device)
+                out[usable] = rows
+            outputs[s].append((len(batch), None if out is None else out.cpu()))
     return (
-        {s: torch.cat(chunks).numpy() for s, chunks in logits.items()},
+        {s: _stacked(chunks, fill, model.config.num_classes) for s, chunks in outputs.items()},
         torch.cat(labels).numpy(),
     )
+
+
+def _stacked(chunks: list[tuple[int, torch.Tensor | None]], fill: float, width: int) -> np.ndarray:
+    """The batches' rows as one array, `fill` rows for batches that had none."""
+    found = [c for _, c in chunks if c is not None]
+    shape = found[0].shape[1:] if found else (width,)
+    return torch.cat(
+        [c if c is not None else torch.full((n, *shape), fill) for n, c in chunks]
+    ).numpy()
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -263,6 +301,24 @@ def write_report(report: EvalReport, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
+def load_for_evaluation(
+    checkpoint: str | Path, manifest: str | Path, split: str, device: torch.device
+) -> tuple[nn.Module, CheckpointMeta, list[ClipRecord]]:
+    """The checkpoint's model and metadata, and the split's clips; DataError when the split
+    is empty or lacks a view the model reads."""
+    model, meta = load_model(checkpoint, device)
+    spec = read_data_spec(manifest)
+    records = spec.split(split)
+    if not records:
+        raise DataError(f"{manifest} has no clip in split {split!r}")
+    missing = [name for name in meta.view_names if name not in spec.view_names]
+    if missing:
+        raise DataError(
+            f"the model reads views {list(meta.view_names)}, but {manifest} has no {missing}"
+        )
+    return model, meta, records
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     manifest: str | Path,
@@ -278,16 +334,7 @@ def evaluate_checkpoint(
 ) -> tuple[EvalReport, dict[str, Path]]:
     """Evaluate a checkpoint on one split of a manifest and write the report files."""
     device = torch.device(device)
-    model, meta = load_model(checkpoint, device)
-    spec = read_data_spec(manifest)
-    records = spec.split(split)
-    if not records:
-        raise DataError(f"{manifest} has no clip in split {split!r}")
-    missing = [name for name in meta.view_names if name not in spec.view_names]
-    if missing:
-        raise DataError(
-            f"the model reads views {list(meta.view_names)}, but {manifest} has no {missing}"
-        )
+    model, meta, records = load_for_evaluation(checkpoint, manifest, split, device)
     unknown = sorted({r.label for r in records} - set(meta.labels))
     if unknown:
         raise DataError(f"labels {unknown} in {manifest} were not trained: {list(meta.labels)}")

@@ -72,3 +72,29 @@ def plot_confusion(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+def plot_roc(
+    curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, title: str = "ROC"
+) -> Path:
+    """Verification ROC curves, TAR against FAR (log scale), one line per named curve."""
+    path = Path(path)
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    for name, curve in curves.items():
+        far = np.maximum(np.asarray(curve["far"], float), 1e-5)
+        ax.plot(far, curve["tar"], label=name)
+    for far in (0.01, 0.001):
+        ax.axvline(far, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false-accept rate (impostor pairs accepted)")
+    ax.set_ylabel("true-accept rate (genuine pairs accepted)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

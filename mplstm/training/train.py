@@ -73,6 +73,7 @@ from mplstm.training.distributed import (
     wrap,
 )
 from mplstm.training.evaluate import accuracy, cross_entropy, evaluate_checkpoint, predict
+from mplstm.training.losses import make_criterion
 from mplstm.training.models import get_model
 from mplstm.training.plots import plot_curves
 
@@ -478,6 +479,8 @@ def set_up_run(args: argparse.Namespace, world: World) -> Run:
 
     torch.manual_seed(tc.seed)
     model, meta = _new_model(config, spec, preprocess) if resumed is None else _saved_model(resumed)
+    if resumed is None and tc.init_from:
+        _init_frontend(model, Path(tc.init_from), world)
     trained = wrap(model.to(world.device), world)
     run = Run(
         out=args.out,
@@ -494,7 +497,7 @@ def set_up_run(args: argparse.Namespace, world: World) -> Run:
         meta=meta,
         optimizer=torch.optim.AdamW(trained.parameters(), lr=tc.lr, weight_decay=tc.weight_decay),
         precision=Precision.for_device(world.device, tc.amp),
-        criterion=nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing, reduction="none"),
+        criterion=_criterion(tc, model),
         steps_per_epoch=math.ceil(len(train_set) / tc.batch_size),
     )
     if resumed is None:
@@ -506,6 +509,21 @@ def set_up_run(args: argparse.Namespace, world: World) -> Run:
             json.dumps({"manifest": str(manifest), **config.to_dict()}, indent=2) + "\n"
         )
     return run
+
+
+def _criterion(config: TrainConfig, model: nn.Module) -> nn.Module:
+    """The run's per-clip loss: cross-entropy, or a margin loss on the model's cosine head."""
+    mc = model.config
+    try:
+        return make_criterion(
+            config.loss,
+            margin=config.margin,
+            scale=mc.embedding_scale if getattr(mc, "embedding_size", 0) else None,
+            label_smoothing=config.label_smoothing,
+            softmax_weight=config.softmax_weight,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _run_preprocess(
@@ -524,6 +542,23 @@ def _run_preprocess(
         unaugmented = ClipDataset(spec.split("train"), spec.labels, preprocess, cache_dir)
         preprocess = _measure_normalisation(config, preprocess, unaugmented)
     return world.broadcast(preprocess)
+
+
+def _init_frontend(model: nn.Module, path: Path, world: World) -> None:
+    """Start the model's front-end (frontend.*) from another checkpoint's, where shapes match."""
+    try:
+        state = load_checkpoint(path, "cpu")["model"]["state_dict"]
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"train.init_from: {exc}") from exc
+    wanted = {k: v.shape for k, v in model.state_dict().items() if k.startswith("frontend.")}
+    taken = {k: state[k] for k in wanted if k in state and state[k].shape == wanted[k]}
+    if not wanted or len(taken) < len(wanted):
+        raise ConfigError(
+            f"train.init_from: {path} has no front-end of this model's shapes "
+            f"({len(taken)} of {len(wanted)} tensors match): use the same model.widths"
+        )
+    model.load_state_dict(taken, strict=False)
+    world.log(f"front-end from {path}: {len(taken)} tensors")
 
 
 def _saved_model(resumed: dict[str, Any]) -> tuple[nn.Module, CheckpointMeta]:

@@ -152,11 +152,11 @@ def test_views_of_one_clip_differ_clearly() -> None:
         assert np.abs(a.frames[:n].astype(int) - b.frames[:n]).mean() > 5, (a.name, b.name)
 
 
-def _change_per_view(change_speaker=None, change_track=None) -> dict[str, float]:
+def _change_per_view(change_speaker=None, change_track=None, generator=3) -> dict[str, float]:
     """Mean absolute pixel change in each view of a noiseless clip when one factor changes."""
     config = dataclasses.replace(TINY, noise=False)
     plan = plan_clips(config)[1]
-    spk = speaker(plan.speaker)
+    spk = speaker(plan.speaker, generator)
     changes = {}
     for scene in plan_scenes(plan, config):
         base = render(spk, scene.track, scene.spec.yaw, scene.lighting, config.size)
@@ -199,15 +199,52 @@ def test_lip_protrusion_is_seen_only_by_profile_views() -> None:
     )
 
 
-def test_speaker_traits_are_split_between_frontal_and_profile_views() -> None:
+@pytest.mark.parametrize("generator", [2, 3])
+def test_speaker_traits_are_split_between_frontal_and_profile_views(generator: int) -> None:
     def other_frontal(s):
-        return dataclasses.replace(s, frontal_trait=(s.frontal_trait + 1) % 5)
+        return dataclasses.replace(
+            s,
+            teeth_gaps=tuple((g - 0.12 * np.sign(g + 0.01), w) for g, w in s.teeth_gaps)
+            or ((0.0, 0.05),),
+        )
 
     def other_profile(s):
-        return dataclasses.replace(s, profile_trait=(s.profile_trait + 1) % 4)
+        return dataclasses.replace(s, profile=tuple(v + 0.1 for v in s.profile))
 
-    _assert_seen_only_by(_change_per_view(change_speaker=other_frontal), FRONTAL)
-    _assert_seen_only_by(_change_per_view(change_speaker=other_profile), PROFILE)
+    def other_shade(s):
+        return dataclasses.replace(s, teeth_shade=s.teeth_shade - 0.2)
+
+    for change, views in (
+        (other_frontal, FRONTAL),
+        (other_shade, FRONTAL),
+        (other_profile, PROFILE),
+    ):
+        _assert_seen_only_by(_change_per_view(change_speaker=change, generator=generator), views)
+
+
+def test_generator_2_keeps_its_20_discrete_trait_pairs() -> None:
+    a, b = speaker(3, generator=2), speaker(23, generator=2)
+    assert (a.frontal_trait, a.profile_trait) == (3, 0)
+    assert (a.teeth_gaps, a.profile) == (b.teeth_gaps, b.profile)  # ids 20 apart: a repeat
+
+
+def test_generator_3_makes_every_id_a_new_person() -> None:
+    people = [speaker(i) for i in range(200)]
+    frontal = np.array([[*(x for gap in s.teeth_gaps for x in gap), s.teeth_shade] for s in people])
+    profile = np.array([s.profile for s in people])
+    assert len({tuple(row) for row in frontal}) == len({tuple(row) for row in profile}) == 200
+    # Traits spread over their whole ranges, independently of the id's residues.
+    assert frontal[:, -1].std() > 0.1 and profile.std(axis=0).min() > 0.04
+    assert speaker(5) == speaker(5) and speaker(5).generator == 3
+    with pytest.raises(ValueError, match="generator version"):
+        speaker(5, generator=1)
+
+
+def test_synth_json_records_the_generator_version(tiny_set: Path, tmp_path: Path) -> None:
+    assert json.loads((tiny_set / "synth.json").read_text())["generator_version"] == 3
+    old = dataclasses.replace(TINY, speakers=1, words=1, generator=2)
+    generate(old, tmp_path, workers=1, progress=False)
+    assert json.loads((tmp_path / "synth.json").read_text())["generator_version"] == 2
 
 
 def test_word_factors_are_split_between_view_groups() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mplstm.inference.parity import TOLERANCES, compare
+from mplstm.inference.parity import TOLERANCES, compare, compare_embeddings
 
 
 def test_logits_within_the_tolerance_pass() -> None:
@@ -34,9 +34,24 @@ def test_a_class_flip_in_a_near_tie_is_precision_but_a_clear_flip_fails() -> Non
 def test_tolerances_cover_every_comparison_the_project_makes() -> None:
     models = {"fp32", "fp16", "tensorrt-fp32", "tensorrt-fp16"}
     layers = {"kernel-fp32", "kernel-fp16", "plugin-fp32", "plugin-fp16"}
-    assert set(TOLERANCES) == models | layers
+    embeddings = {f"embedding-{m}" for m in models}
+    assert set(TOLERANCES) == models | layers | embeddings
     assert TOLERANCES["fp32"] < TOLERANCES["tensorrt-fp32"] < TOLERANCES["fp16"]
     assert TOLERANCES["kernel-fp32"] < TOLERANCES["plugin-fp32"] < TOLERANCES["kernel-fp16"]
+    assert TOLERANCES["embedding-fp32"] < TOLERANCES["embedding-tensorrt-fp32"]
+    assert TOLERANCES["embedding-tensorrt-fp32"] < TOLERANCES["embedding-fp16"]
+
+
+def test_embeddings_pass_within_the_tolerance_and_report_the_least_cosine() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(4, 8)).astype(np.float32)
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    close = compare_embeddings([(reference, reference + 5e-5)], TOLERANCES["embedding-fp32"])
+    assert close.passed and close.samples == 4 and close.min_cosine > 0.999
+    other = compare_embeddings([(reference, -reference)], TOLERANCES["embedding-fp16"])
+    assert not other.passed and other.min_cosine == pytest.approx(-1, abs=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        compare_embeddings([(reference, reference[:, :4])], 1e-4)
 
 
 def test_mismatched_shapes_are_refused() -> None:

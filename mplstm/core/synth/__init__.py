@@ -13,10 +13,12 @@ How the class information is split across views (see `mouth` for the geometry):
   the mouth, seen by every view, are random babble that carries no word. With 10 words the frontal group can tell
   at most 5 classes apart and the profile group 2, but every factor is seen by at least
   two views, so the full set is needed and losing any one view costs little.
-- Identity. Speaker id k has a teeth-gap pattern k % 5 (frontal views) and a lip/chin
-  profile (k // 5) % 4 (profile views); 20 consecutive ids are told apart only by the pair.
-  Skin tone, texture and mouth size vary with the id weakly against per-clip lighting.
-  In a set of more than 20 speakers, ids 20 apart share both traits: use <= 20.
+- Identity. A speaker has a frontal trait (gaps between the upper teeth and their shade,
+  seen through the opening from 0 and +-30 degrees) and a profile trait (how far the lips
+  and chin stand out, seen from +-90 degrees); see `speakers`. Generator 3 (the default)
+  draws both from continuous ranges, so every id is a new person; generator 2 has 20
+  discrete pairs (k % 5, (k // 5) % 4), so ids 20 apart are the same person. Skin tone,
+  texture and mouth size vary with the id weakly against per-clip lighting.
 
 Reproducibility: a speaker's appearance depends only on its id, a word's trajectories only
 on the word id, and everything else (timing, warp, babble, head motion, lighting, frame

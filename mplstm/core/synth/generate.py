@@ -21,7 +21,12 @@ from mplstm import __version__
 from mplstm.core.cpus import usable_cpus
 from mplstm.core.manifest import SPLITS, ClipRecord, assign_splits, write_manifest
 from mplstm.core.synth.mouth import Lighting, MouthTrack, render
-from mplstm.core.synth.speakers import speaker, speaker_name
+from mplstm.core.synth.speakers import (
+    GENERATOR_VERSION,
+    GENERATOR_VERSIONS,
+    speaker,
+    speaker_name,
+)
 from mplstm.core.synth.words import (
     MAX_WORDS,
     protrusion_trajectory,
@@ -78,9 +83,16 @@ class SynthConfig:
     split: str = "auto"  # or put every clip in "train", "val" or "test"
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     noise: bool = True
+    # How speakers look (mplstm.core.synth.speakers): 3 = continuous identity traits, every
+    # id a new person; 2 = the discrete traits behind the closed-set tables of docs/results.md.
+    generator: int = GENERATOR_VERSION
 
     def __post_init__(self) -> None:
         problems = []
+        if self.generator not in GENERATOR_VERSIONS:
+            problems.append(
+                f"--generator must be one of {GENERATOR_VERSIONS}, got {self.generator}"
+            )
         if self.task not in TASKS:
             problems.append(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.speakers < 1 or self.first_speaker < 0:
@@ -249,7 +261,7 @@ def plan_scenes(plan: ClipPlan, config: SynthConfig) -> list[ViewScene]:
 
 def render_clip(plan: ClipPlan, config: SynthConfig) -> list[RenderedView]:
     """Render every view of a clip (noise as `config.noise` says)."""
-    spk = speaker(plan.speaker)
+    spk = speaker(plan.speaker, config.generator)
     views = []
     for scene in plan_scenes(plan, config):
         rng = np.random.default_rng(scene.noise_seed) if config.noise else None
@@ -299,6 +311,9 @@ def describe(config: SynthConfig, records: list[ClipRecord]) -> dict:
     return {
         "generator": "mplstm.core.synth",
         "version": __version__,
+        # Which speakers the ids mean: the same command with another generator version
+        # gives other people (mplstm.core.synth.speakers).
+        "generator_version": config.generator,
         "task": config.task,
         "labels": config.labels,
         "views": [{"name": v.name, "yaw_deg": v.yaw} for v in config.view_specs],

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mplstm.core.synth.speakers import PROFILE_SHAPES, TEETH_GAPS, Speaker
+from mplstm.core.synth.speakers import TEETH_SHADE, Speaker
 
 LIP_REST = 0.12  # lips stand this far in front of the face at rest
 CAVITY_DEPTH = 0.25  # back of the mouth behind the lips
@@ -162,7 +162,7 @@ def _trace(spk: Speaker, track: MouthTrack, vis_pr: float, rays: _Rays) -> _Hit:
     f32 = np.float32
     n = len(track.opening)
     u, y, ct, st = rays.u, rays.y, rays.ct, rays.st
-    upper_extra, lower_extra, chin = (vis_pr * v for v in PROFILE_SHAPES[spk.profile_trait])
+    upper_extra, lower_extra, chin = (vis_pr * v for v in spk.profile)
     h = _col(track.opening, n)
     w = _col(track.width, n) * f32(spk.mouth_width)
     p = LIP_REST + vis_pr * _col(track.protrusion, n)
@@ -222,7 +222,11 @@ def _palette(spk: Speaker, lighting: Lighting, vis_in: float) -> np.ndarray:
     palette[_BACKGROUND] = lighting.background
     palette[_SKIN], palette[_LIP] = spk.skin, spk.lip
     # The inside of the mouth fades to the cavity's colour as the lips occlude it.
-    palette[_CAVITY:] = _COLOURS[_CAVITY] + vis_in * (_COLOURS[_CAVITY:] - _COLOURS[_CAVITY])
+    colours = _COLOURS
+    if spk.teeth_shade != TEETH_SHADE:  # generator 3's per-speaker shade (frontal trait)
+        colours = _COLOURS.copy()
+        colours[_TEETH] *= np.float32(spk.teeth_shade / TEETH_SHADE)
+    palette[_CAVITY:] = colours[_CAVITY] + vis_in * (colours[_CAVITY:] - colours[_CAVITY])
     palette *= f32(lighting.gain) * np.asarray(lighting.tint, f32) * 255
     return palette
 
@@ -248,8 +252,8 @@ def _inside(
     xr = (x - (z + CAVITY_DEPTH) * tan) / w
     in_tongue = (xr / 0.3) ** 2 + ((y + 0.17 - 0.3 * tongue) / 0.14) ** 2 < 1
     upper_teeth = (y > 0.05 - 0.1 * teeth) & (np.abs(xr) < 0.34)
-    for gap in TEETH_GAPS[spk.frontal_trait]:
-        upper_teeth &= np.abs(xr - gap) > 0.05
+    for gap, half_width in spk.teeth_gaps:
+        upper_teeth &= np.abs(xr - gap) > half_width
     lower_teeth = (y < -0.13 + 0.08 * teeth) & (np.abs(xr) < 0.3)
     material = np.where(in_tongue, _TONGUE, _CAVITY)
     material = np.where(upper_teeth | lower_teeth, _TEETH, material)

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from mplstm.training.cell import check_view_mask
 
@@ -38,6 +39,11 @@ class ModelConfig:
     # for 64x64 inputs on 2 CPU cores.
     widths: tuple[int, int, int] = (16, 32, 64)
     dropout: float = 0.2  # before the classifier
+    # Open-set identity: > 0 gives an L2-normalised embedding of this size and a cosine
+    # classifier over it (logits = embedding_scale * cos), trained with a margin loss
+    # (train.loss); the package then has an `embedding` output. 0: a linear classifier.
+    embedding_size: int = 0
+    embedding_scale: float = 30.0  # the s of CosFace/ArcFace: cosines in [-1, 1] become logits
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(m) for m in self.mean)
@@ -58,6 +64,11 @@ class ModelConfig:
             raise ValueError(f"feature_dim must be >= 1 or None, got {self.feature_dim}")
         if len(self.widths) != 3 or min(self.widths) < 1:
             raise ValueError(f"widths must be three positive channel counts, got {self.widths}")
+        if self.embedding_size < 0 or self.embedding_scale <= 0:
+            raise ValueError(
+                f"embedding_size must be >= 0 and embedding_scale > 0, got "
+                f"{self.embedding_size} and {self.embedding_scale}"
+            )
 
 
 def drop_views(view_mask: Tensor, p: float) -> Tensor:
@@ -89,12 +100,18 @@ class MultiViewModel(nn.Module):
     # False where the time loop is Python over T (ConvLSTM cells): torch.export then fixes
     # T, so such a family exports for its training T only (the service always sends that T).
     dynamic_time: ClassVar[bool] = True
+    # False where the family has no clip-level feature vector for an embedding head.
+    embeds: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if config.feature_dim is not None and not self.reads_features:
             raise ValueError(
                 f"{type(self).__name__} reads pixels: features mode (feature_dim) is not supported"
+            )
+        if config.embedding_size and not self.embeds:
+            raise ValueError(
+                f"{type(self).__name__} has no embedding head: embedding_size must be 0"
             )
         self.config = config
         # The trainer turns this off for the first `train.view_dropout_start_epoch` epochs.
@@ -114,6 +131,27 @@ class MultiViewModel(nn.Module):
         self, x: Tensor, view_mask: Tensor | None = None, lengths: Tensor | None = None
     ) -> Tensor:
         """x [B, V, T, C, H, W] (or [B, V, T, D] in features mode) → logits [B, classes]."""
+        return self.classify(*self._prepared(x, view_mask), lengths)
+
+    def embed(
+        self, x: Tensor, view_mask: Tensor | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(logits [B, classes], L2-normalised embedding [B, E]) of the same input as `forward`.
+
+        With an embedding head (`embedding_size` > 0), the head's embedding, one pass. A
+        plain classifier's embedding is its normalised penultimate features (what the
+        closed-set model offers open-set evaluation), at the cost of a second pass.
+        """
+        x, view_mask = self._prepared(x, view_mask)
+        features = self.represent(x, view_mask, lengths)
+        head = getattr(self, "classifier", None)
+        if self.config.embedding_size:
+            embedding = head.embed(self.drop(features))
+            return head.logits(embedding), embedding
+        return self.classify(x, view_mask, lengths), F.normalize(features, dim=-1)
+
+    def _prepared(self, x: Tensor, view_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Checked, normalised float input and the bool view mask (views dropped in training)."""
         cfg = self.config
         if self.features_mode:
             expected = f"[B, V={cfg.num_views}, T, D={cfg.feature_dim}]"
@@ -129,7 +167,7 @@ class MultiViewModel(nn.Module):
         if self.training and self.drop_views_in_training and cfg.view_dropout > 0:
             view_mask = drop_views(view_mask, cfg.view_dropout)
         check_view_mask(view_mask)
-        return self.classify(self.normalise(x), view_mask, lengths)
+        return self.normalise(x), view_mask
 
     def normalise(self, x: Tensor) -> Tensor:
         """uint8 pixels → (x / 255 - mean) / std as floats; float input passes as it is."""
@@ -140,3 +178,7 @@ class MultiViewModel(nn.Module):
     def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
         """Normalised float input, bool view mask [B, V] → logits [B, classes]."""
         raise NotImplementedError
+
+    def represent(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+        """Normalised float input, bool view mask [B, V] → the features [B, D] the head reads."""
+        raise NotImplementedError(f"{self.name} has no clip-level features to embed")

@@ -85,6 +85,7 @@ class DeepConvLSTMModel(MultiViewModel):
     """Views stacked as channels → conv stem → ConvLSTM stages with pooling → classifier."""
 
     config_class = ConvLSTMConfig
+    embeds = False
     dynamic_time = False
     reads_features = False
 
@@ -135,6 +136,7 @@ class CNNConvLSTMModel(MultiViewModel):
     """Shared per-view CNN kept 2-D → views stacked as channels → ConvLSTM → classifier."""
 
     config_class = CNNConvLSTMConfig
+    embeds = False
     dynamic_time = False
     reads_features = False
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from mplstm.training.cell import MPLSTM, RecurrentActivation
 from mplstm.training.models.base import ModelConfig, MultiViewModel, time_mask
 from mplstm.training.models.frontend import FrameCNN
+from mplstm.training.models.head import make_classifier
 from mplstm.training.models.pooling import Pooling, TemporalPool, masked_mean
 from mplstm.training.models.registry import register_model
 
@@ -50,6 +51,13 @@ class FeatureSequenceModel(MultiViewModel):
     def features(self, x: Tensor) -> Tensor:
         """[B, V, T, C, H, W] pixels (or [B, V, T, D] features) → [B, V, T, D]."""
         return x if self.frontend is None else self.frontend(x)
+
+
+def _classifier(config: ModelConfig, in_dim: int) -> nn.Module:
+    """The family's head: linear, or an embedding and cosine classifier (`embedding_size`)."""
+    return make_classifier(
+        in_dim, config.num_classes, config.embedding_size, config.embedding_scale
+    )
 
 
 def _lstm(config: RecurrentConfig | SingleViewConfig, input_size: int) -> MPLSTM:
@@ -100,13 +108,15 @@ class MPLSTMModel(FeatureSequenceModel):
         )
         out_dim = config.hidden_size * (2 if config.bidirectional else 1)
         self.pool = TemporalPool(config.pooling, out_dim)
-        self.classifier = nn.Linear(out_dim, config.num_classes)
+        self.classifier = _classifier(config, out_dim)
 
-    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+    def represent(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
         feats = self.features(x).transpose(1, 2)  # [B, T, V, D]
         out, _ = self.rnn(feats, view_mask, lengths)
-        pooled = self.pool(out, time_mask(lengths, out.shape[1], out.device))
-        return self.classifier(self.drop(pooled))
+        return self.pool(out, time_mask(lengths, out.shape[1], out.device))
+
+    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+        return self.classifier(self.drop(self.represent(x, view_mask, lengths)))
 
     def step_state_shapes(self, height: int, width: int) -> dict[str, tuple[int, ...]]:
         """Live models: the state `step` carries per sequence for H x W input, by name
@@ -162,14 +172,16 @@ class EarlyFusionModel(FeatureSequenceModel):
         self.rnn = _lstm(config, config.num_views * self.feature_dim)
         out_dim = config.hidden_size * (2 if config.bidirectional else 1)
         self.pool = TemporalPool(config.pooling, out_dim)
-        self.classifier = nn.Linear(out_dim, config.num_classes)
+        self.classifier = _classifier(config, out_dim)
 
-    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+    def represent(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
         feats = self.features(x) * view_mask[:, :, None, None]  # [B, V, T, D]
         joint = feats.transpose(1, 2).flatten(2).unsqueeze(2)  # [B, T, 1, V*D]
         out, _ = self.rnn(joint, None, lengths)
-        pooled = self.pool(out, time_mask(lengths, out.shape[1], out.device))
-        return self.classifier(self.drop(pooled))
+        return self.pool(out, time_mask(lengths, out.shape[1], out.device))
+
+    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+        return self.classifier(self.drop(self.represent(x, view_mask, lengths)))
 
 
 @dataclass
@@ -188,16 +200,26 @@ class LateFusionModel(FeatureSequenceModel):
         self.rnn = _lstm(config, self.feature_dim)
         out_dim = config.hidden_size * (2 if config.bidirectional else 1)
         self.pool = TemporalPool(config.pooling, out_dim)
-        self.classifier = nn.Linear(out_dim, config.num_classes)
+        self.classifier = _classifier(config, out_dim)
 
-    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+    def _per_view(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        """Each view's pooled features [B, V, D], from one LSTM shared by the views."""
         feats = self.features(x)  # [B, V, T, D]
         b, v, t, d = feats.shape
         per_view = feats.reshape(b * v, t, 1, d)
         view_lengths = None if lengths is None else lengths.repeat_interleave(v)
         out, _ = self.rnn(per_view, None, view_lengths)
-        pooled = self.pool(out, time_mask(view_lengths, t, out.device))
-        logits = self.classifier(self.drop(pooled)).reshape(b, v, -1)
+        return self.pool(out, time_mask(view_lengths, t, out.device)).reshape(b, v, -1)
+
+    def represent(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+        # The views' features averaged over present views: late fusion of features.
+        weights = view_mask.to(x.dtype).unsqueeze(-1)
+        return (self._per_view(x, lengths) * weights).sum(dim=1) / weights.sum(dim=1)
+
+    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+        if self.config.embedding_size:
+            return self.classifier(self.drop(self.represent(x, view_mask, lengths)))
+        logits = self.classifier(self.drop(self._per_view(x, lengths)))
         weights = view_mask.to(logits.dtype).unsqueeze(-1)
         return (logits * weights).sum(dim=1) / weights.sum(dim=1)
 
@@ -225,11 +247,20 @@ class SingleViewModel(FeatureSequenceModel):
         super().__init__(config)
         self.rnn = _lstm(config, self.feature_dim)
         out_dim = config.hidden_size * (2 if config.bidirectional else 1)
-        self.classifier = nn.Linear(out_dim, config.num_classes)
+        self.classifier = _classifier(config, out_dim)
 
-    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+    def _outputs(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The LSTM's outputs [B, T, dirs*U] on the one view it reads, and the time mask."""
         view = self.config.view
         feats = self.features(x[:, view : view + 1])  # only the view it reads
-        out, _ = self.rnn(feats.transpose(1, 2), None, lengths)  # [B, T, dirs*U]
-        per_frame = self.classifier(self.drop(out))  # [B, T, classes]
-        return masked_mean(per_frame, time_mask(lengths, out.shape[1], out.device))
+        out, _ = self.rnn(feats.transpose(1, 2), None, lengths)
+        return out, time_mask(lengths, out.shape[1], out.device)
+
+    def represent(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+        return masked_mean(*self._outputs(x, lengths))
+
+    def classify(self, x: Tensor, view_mask: Tensor, lengths: Tensor | None) -> Tensor:
+        if self.config.embedding_size:  # one embedding per clip: the outputs averaged first
+            return self.classifier(self.drop(self.represent(x, view_mask, lengths)))
+        out, mask = self._outputs(x, lengths)
+        return masked_mean(self.classifier(self.drop(out)), mask)  # LRCN: per-frame logits
