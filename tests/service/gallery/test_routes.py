@@ -212,6 +212,11 @@ def test_a_failed_camera_is_handled_as_predict_handles_it(
     assert httpx.get(_url(server, "gallery/frank"), headers=auth(), timeout=30).status_code == 404
     unknown_view = _enrol(server, "frank", {**people[3], "top": people[3]["front"]})
     assert unknown_view.status_code == 422 and unknown_view.json()["error"] == "bad_views"
+    # A camera sent but dead (a lens cap) fails its check and is masked, as in predict.
+    capped = write_clip(tmp_path / "capped", seed=203, failures={"side": "black"})
+    masked = _enrol(server, "grace", capped)
+    assert masked.status_code == 201, masked.text
+    assert masked.json()["views_used"] == ["front", "profile"]
 
 
 def test_thresholds_come_from_the_package_or_the_request(server: Server, people) -> None:
