@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports grpc. The tests hold gRPC clients and start servers with
+# subprocess; with grpcio 1.81's fork support on, a fork()ed child restarts gRPC's poller,
+# whose epoll fd close_fds then closes: the child aborts before exec (grpc/grpc#43055).
+# Nothing here forks to go on using gRPC, so fork support is not wanted.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

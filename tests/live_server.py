@@ -69,8 +69,11 @@ class Server:
                 "--host", "127.0.0.1", "--port", str(self.port), "--http", PROTOCOL,
             ]  # fmt: skip
         with self.log_path.open("wb") as log:  # the child keeps its own copy of the handle
+            # A preexec_fn makes Popen fork() rather than vfork(), which runs gRPC's fork
+            # handlers in the child (this process holds gRPC clients): only when needed.
+            limits = self._limits if self.open_files is not None else None
             self.process = subprocess.Popen(
-                args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=limits
             )
         try:
             self.wait("/v2/health/ready" if wait_ready else "/v2/health/live")
@@ -81,8 +84,8 @@ class Server:
 
     def _limits(self) -> None:
         """In the child, before exec: the open-file limits it starts with."""
-        if self.open_files is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
 
     def wait(self, path: str) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
