@@ -91,25 +91,35 @@ def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)
 }
-_MULTIPART_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "description": "One file part per view, named by the model's view names "
-                    "(GET /v1/models/{name}); optional fields top_k and camera_checks.",
-                    "properties": {
-                        "top_k": {"type": "integer", "minimum": 1},
-                        "camera_checks": {"type": "string", "enum": ["on", "off"]},
-                    },
-                    "additionalProperties": {"type": "string", "format": "binary"},
+
+
+def multipart_body(description: str, fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """OpenAPI for a clip upload: one file part per view, plus the form `fields`."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "description": description,
+                        "properties": fields,
+                        "additionalProperties": {"type": "string", "format": "binary"},
+                    }
                 }
-            }
-        },
+            },
+        }
     }
-}
+
+
+_MULTIPART_BODY = multipart_body(
+    "One file part per view, named by the model's view names (GET /v1/models/{name}); "
+    "optional fields top_k and camera_checks.",
+    {
+        "top_k": {"type": "integer", "minimum": 1},
+        "camera_checks": {"type": "string", "enum": ["on", "off"]},
+    },
+)
 _INFER_BODY = {
     "requestBody": {
         "required": True,

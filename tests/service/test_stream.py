@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -81,10 +82,8 @@ def test_views_at_different_rates_and_start_offsets_give_the_offline_answer(
     assert not [m for m in messages if m["type"] == "view"]  # no camera went silent
 
 
-def test_the_cli_prints_one_json_line_per_message_and_the_final_answer_last(
-    live_server: Server, clips: list[dict[str, Path]]
-) -> None:
-    views = [f"--view={name}={path}" for name, path in clips[1].items()]
+def _stream_cli(server: Server, *args: str) -> list[dict[str, Any]]:
+    """`mplstm stream` against `server`'s live model: its JSON lines, after a clean exit."""
     done = subprocess.run(
         [
             sys.executable,
@@ -92,12 +91,10 @@ def test_the_cli_prints_one_json_line_per_message_and_the_final_answer_last(
             "mplstm",
             "stream",
             "--url",
-            live_server.url,
+            server.url,
             "--model",
             LIVE_MODEL,
-            "--top-k",
-            "4",
-            *views,
+            *args,
         ],
         capture_output=True,
         text=True,
@@ -105,7 +102,14 @@ def test_the_cli_prints_one_json_line_per_message_and_the_final_answer_last(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_the_cli_prints_one_json_line_per_message_and_the_final_answer_last(
+    live_server: Server, clips: list[dict[str, Path]]
+) -> None:
+    views = [f"--view={name}={path}" for name, path in clips[1].items()]
+    lines = _stream_cli(live_server, "--top-k", "4", *views)
     assert lines[0]["type"] == "ready" and lines[-1]["type"] == "final"
     same_predictions(lines[-1]["predictions"], offline_answer(live_server.url, clips[1]))
 
@@ -400,26 +404,7 @@ def test_a_live_source_url_is_decoded_as_it_arrives_and_streams_one_utterance(
     # frames are sent as they decode (at their own pace, as cameras deliver them), one
     # utterance from the first frame to the last.
     views = [f"--view={name}=file:{path}" for name, path in clips[2].items()]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mplstm",
-            "stream",
-            "--url",
-            live_server.url,
-            "--model",
-            LIVE_MODEL,
-            "--realtime",
-            *views,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    lines = _stream_cli(live_server, "--realtime", *views)
     final = lines[-1]
     # 20 frames at 25 fps, the last at 0.76 s: steps at 0.05 ... 0.75 s.
     assert final["type"] == "final" and final["steps"] == 8

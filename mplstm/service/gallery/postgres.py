@@ -85,13 +85,8 @@ class PostgresStore(SqlStore):
     def migrate(self) -> None:
         with self._transaction(write=True) as db:
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
-            found = None
-            if db.execute("SELECT to_regclass('gallery_meta')").fetchone()[0] is not None:
-                row = db.execute(
-                    "SELECT value FROM gallery_meta WHERE key = 'schema_version'"
-                ).fetchone()
-                found = int(row[0]) if row else None
-            self._migrate(db, found, SCHEMA)
+            has_meta = db.execute("SELECT to_regclass('gallery_meta')").fetchone()[0] is not None
+            self._migrate(db, self._schema_version(db, has_meta), SCHEMA)
 
     def wait_for_changes(self, timeout_s: float) -> None:
         """Wait for a NOTIFY on the channel (at most `timeout_s`, capped at WAIT_S)."""

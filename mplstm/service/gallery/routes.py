@@ -34,6 +34,7 @@ from mplstm.service.gallery.schemas import (
 from mplstm.service.gallery.store import GalleryError, GalleryUnavailableError
 from mplstm.service.pipeline import CameraPolicy, ScoredClip, Services, counted, score_views
 from mplstm.service.repository import LoadedModel
+from mplstm.service.routes import ServicesDep, multipart_body
 from mplstm.service.schemas import ErrorResponse, ModelRef
 from mplstm.service.uploads import read_upload
 
@@ -58,11 +59,6 @@ class NoThresholdError(ApiError):
     code, status = "no_threshold", 422
 
 
-async def _services(request: Request) -> Services:
-    return request.app.state.services
-
-
-ServicesDep = Annotated[Services, Depends(_services)]
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many people to return")]
 Far = Annotated[
     float | None,
@@ -76,37 +72,21 @@ Threshold = Annotated[
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 422, 503)
 }
-_CLIP_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "description": "One file part per view, named by the model's view names",
-                    "properties": {"display_name": {"type": "string"}},
-                    "additionalProperties": {"type": "string", "format": "binary"},
-                }
-            }
-        },
-    }
-}
+_CLIP_BODY = multipart_body(
+    "One file part per view, named by the model's view names",
+    {"display_name": {"type": "string"}},
+)
 router = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS, tags=["gallery"])
 GALLERY = "/v1/models/{name}/gallery"
 
 
-def _identity_model(svc: Services, name: str) -> LoadedModel:
-    return _must_embed(svc.repository.get(name), name)
-
-
-def _must_embed(model: LoadedModel, name: str) -> LoadedModel:
+def _must_embed(model: LoadedModel) -> None:
     """`model`, or 404 `no_gallery` when it has no embedding output."""
     if not model.manifest.embedding_size:
         raise NoGalleryError(
-            f"model {name!r} (task {model.manifest.task}) has no embedding output, so it has "
-            "no gallery: use an identity model exported with an embedding head"
+            f"model {model.name!r} (task {model.manifest.task}) has no embedding output, so "
+            "it has no gallery: use an identity model exported with an embedding head"
         )
-    return model
 
 
 def _person_id(person_id: str) -> str:
@@ -176,7 +156,7 @@ def _ref(model: LoadedModel) -> ModelRef:
 async def enrol(name: str, person_id: str, request: Request, svc: ServicesDep) -> EnrolResponse:
     """Enrol one clip of a person (adds an embedding; the person is created if new)."""
     with counted(svc, name, "gallery_enrol"), svc.repository.serving(name) as model:
-        _must_embed(model, name)
+        _must_embed(model)
         person_id = _person_id(person_id)
         gallery, index = await _gallery(request, model)
         scored, options = await _clip(request, svc, model, ("display_name",))
@@ -210,8 +190,8 @@ async def list_people(
     after: Annotated[str | None, Query(description="Last person_id of the previous page")] = None,
 ) -> GalleryPage:
     """People enrolled for a model, ordered by id, a page at a time."""
-    with counted(svc, name, "gallery_list"):
-        model = _identity_model(svc, name)
+    with counted(svc, name, "gallery_list"), svc.repository.serving(name) as model:
+        _must_embed(model)
         gallery, _ = await _gallery(request, model)
         people, total = await gallery.list(model.name, after, limit)
         return GalleryPage(
@@ -234,8 +214,8 @@ def _summary(person: Any) -> dict[str, Any]:
 @router.get(GALLERY + "/{person_id}", response_model=PersonDetail)
 async def get_person(name: str, person_id: str, request: Request, svc: ServicesDep) -> PersonDetail:
     """A person and the metadata of each of their embeddings (not the vectors)."""
-    with counted(svc, name, "gallery_get"):
-        model = _identity_model(svc, name)
+    with counted(svc, name, "gallery_get"), svc.repository.serving(name) as model:
+        _must_embed(model)
         gallery, _ = await _gallery(request, model)
         found = await gallery.get(model.name, _person_id(person_id))
         if found is None:
@@ -266,8 +246,8 @@ async def delete_person(
     name: str, person_id: str, request: Request, svc: ServicesDep
 ) -> DeleteResponse:
     """Forget a person: every embedding of theirs is deleted, in one transaction."""
-    with counted(svc, name, "gallery_delete"):
-        model = _identity_model(svc, name)
+    with counted(svc, name, "gallery_delete"), svc.repository.serving(name) as model:
+        _must_embed(model)
         gallery, index = await _gallery(request, model)
         removed = await gallery.delete(model.name, index, _person_id(person_id))
         if not removed:
@@ -288,7 +268,7 @@ async def identify(
 ) -> IdentifyResponse:
     """Who is this? The best-matching people, and the best one if at or above the threshold."""
     with counted(svc, name, "identify"), svc.repository.serving(name) as model:
-        _must_embed(model, name)
+        _must_embed(model)
         limit, at_far = _threshold(svc, model, far, threshold)
         gallery, index = await _gallery(request, model)
         scored, _ = await _clip(request, svc, model)
@@ -319,7 +299,7 @@ async def verify(
 ) -> VerifyResponse:
     """Is this person X? The clip's score against X's template, and whether it passes."""
     with counted(svc, name, "verify"), svc.repository.serving(name) as model:
-        _must_embed(model, name)
+        _must_embed(model)
         person_id = _person_id(person_id)
         limit, at_far = _threshold(svc, model, far, threshold)
         gallery, index = await _gallery(request, model)

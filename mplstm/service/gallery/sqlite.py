@@ -71,16 +71,10 @@ class SqliteStore(SqlStore):
 
     def migrate(self) -> None:
         with self._transaction(write=True) as db:
-            found = None
-            exists = db.execute(
+            has_meta = db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gallery_meta'"
             ).fetchone()
-            if exists:
-                row = db.execute(
-                    "SELECT value FROM gallery_meta WHERE key = 'schema_version'"
-                ).fetchone()
-                found = int(row[0]) if row else None
-            self._migrate(db, found, SCHEMA)
+            self._migrate(db, self._schema_version(db, has_meta is not None), SCHEMA)
 
     def wait_for_changes(self, timeout_s: float) -> None:
         time.sleep(min(timeout_s, POLL_S))

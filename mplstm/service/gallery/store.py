@@ -336,6 +336,14 @@ class SqlStore:
             (seq,) = self._run(db, "SELECT COALESCE(MAX(seq), 0) FROM gallery_changes").fetchone()
         return int(seq)
 
+    @staticmethod
+    def _schema_version(db: Any, has_meta: bool) -> int | None:
+        """The schema version a database records (None: no gallery_meta table or row)."""
+        if not has_meta:
+            return None
+        row = db.execute("SELECT value FROM gallery_meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else None
+
     def _migrate(self, db: Any, found: int | None, schema: Sequence[str]) -> None:
         """Bring a database at schema `found` (None: empty) to SCHEMA_VERSION."""
         check_version(found, self.url)
